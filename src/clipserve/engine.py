@@ -1,0 +1,340 @@
+"""The Engine: encode, rank and classify with one or more loaded CLIP models.
+
+Every transport (CLI, HTTP, gRPC, batch jobs) goes through this class. Each call runs in three
+stages — prepare (tokenize / decode + preprocess), run (the runtime session), finish (normalise)
+— and image preparation runs in a thread pool so decoding the next batch overlaps inference of
+the current one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clipserve.errors import ClipServeError, InvalidInputError, TextTooLongError
+from clipserve.models.loader import ClipModel, load_model
+from clipserve.models.preprocess import ImageInput, preprocess
+from clipserve.settings import Settings
+
+#: Text or image: a ``str`` is always a text; images are bytes, paths, PIL images or arrays.
+Item = str | ImageInput
+
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+#: The seven-template ensemble OpenAI found best for ImageNet zero-shot with ViT models.
+IMAGENET_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """Scores of candidates against one query, in the candidates' order."""
+
+    probabilities: np.ndarray  #: softmax(logit_scale · cosine) over the candidates
+    cosines: np.ndarray  #: cosine similarity of each candidate to the query
+
+    def order(self) -> np.ndarray:
+        """Candidate indices, best first."""
+        return np.argsort(-self.cosines, kind="stable")
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """Zero-shot scores of one image against every label, in the labels' order."""
+
+    labels: tuple[str, ...]
+    probabilities: np.ndarray
+    cosines: np.ndarray
+
+    @property
+    def label(self) -> str:
+        """The most probable label."""
+        return self.labels[int(np.argmax(self.probabilities))]
+
+
+class Engine:
+    """Encode texts and images, rank and classify, with the models named in ``settings``.
+
+    Models are loaded (and exported to ONNX on first use) when the engine is built. Every
+    method takes ``model=`` to pick one of them; the first in ``settings.models`` is the
+    default. Sync methods block; ``a``-prefixed twins are awaitable.
+
+    Example::
+
+        engine = Engine(Settings(models=["ViT-B-32::openai"]))
+        vectors = engine.encode_texts(["a photo of a cat", "a diagram"])
+        result = engine.rank(Path("cat.jpg"), ["a photo of a cat", "a photo of a dog"])
+        print(result.probabilities)
+    """
+
+    def __init__(
+        self, settings: Settings | None = None, *, models: Mapping[str, ClipModel] | None = None
+    ) -> None:
+        self.settings = settings or Settings()
+        if models is None:
+            loaded = [load_model(name, self.settings) for name in self.settings.models]
+            models = {model.name: model for model in loaded}
+            # Requests may name a model the way the settings did, or by its canonical name.
+            aliases = dict(zip(self.settings.models, loaded, strict=True))
+            self._models: dict[str, ClipModel] = {**aliases, **models}
+        else:
+            self._models = dict(models)
+        if not self._models:
+            raise InvalidInputError("an engine needs at least one model")
+        self.default_model = next(iter(models))
+        workers = self.settings.preprocess_workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+
+    # ----------------------------------------------------------------- models
+    @property
+    def model_names(self) -> list[str]:
+        """Canonical names of the loaded models, default first."""
+        return list(dict.fromkeys(model.name for model in self._models.values()))
+
+    def model(self, name: str | None = None) -> ClipModel:
+        """The loaded model called ``name`` (the default model when ``None``)."""
+        key = self.default_model if name is None else name
+        try:
+            return self._models[key]
+        except KeyError:
+            raise InvalidInputError(
+                f"model {name!r} is not loaded; loaded: {', '.join(self.model_names)}"
+            ) from None
+
+    def close(self) -> None:
+        """Stop the preprocessing threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- encode
+    def encode_texts(
+        self, texts: Sequence[str], *, model: str | None = None, normalize: bool = True
+    ) -> np.ndarray:
+        """Embed ``texts``; returns float32 ``[len(texts), dim]`` in input order.
+
+        Texts over 77 tokens are truncated (keeping the end token). The batch is sorted by
+        length and each slice padded only to its own longest text.
+        """
+        clip = self.model(model)
+        items = self._checked_texts(texts)
+        ids = clip.tokenizer.encode(items)
+        out = np.empty((len(items), clip.embed_dim), np.float32)
+        order = sorted(range(len(ids)), key=lambda index: len(ids[index]))
+        size = self.settings.max_batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            out[chunk] = clip.embed_token_ids(clip.tokenizer.pad([ids[i] for i in chunk]))
+        return _finish(out, normalize)
+
+    def encode_images(
+        self, images: Sequence[ImageInput], *, model: str | None = None, normalize: bool = True
+    ) -> np.ndarray:
+        """Embed ``images`` (bytes, file paths, PIL images or uint8 arrays), in input order.
+
+        Raises :class:`~clipserve.errors.InvalidImageError` (or ``ImageTooLargeError``) naming
+        the index of the first image that cannot be used.
+        """
+        clip = self.model(model)
+        items = _checked_list(images, "images")
+        out = np.empty((len(items), clip.embed_dim), np.float32)
+        for start, pixels in self.pixel_batches(items, clip):
+            out[start : start + len(pixels)] = clip.embed_pixels(pixels)
+        return _finish(out, normalize)
+
+    def encode(
+        self, items: Sequence[Item], *, model: str | None = None, normalize: bool = True
+    ) -> np.ndarray:
+        """Embed a mix of texts (``str``) and images (anything else), in input order."""
+        items = _checked_list(items, "items")
+        text_at = [i for i, item in enumerate(items) if isinstance(item, str)]
+        image_at = [i for i, item in enumerate(items) if not isinstance(item, str)]
+        clip = self.model(model)
+        out = np.empty((len(items), clip.embed_dim), np.float32)
+        if text_at:
+            texts = [items[i] for i in text_at]
+            out[text_at] = self.encode_texts(texts, model=model, normalize=normalize)
+        if image_at:
+            images = [items[i] for i in image_at]
+            out[image_at] = self.encode_images(images, model=model, normalize=normalize)
+        return out
+
+    def pixel_batches(
+        self, images: Sequence[ImageInput], clip: ClipModel | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, pixels)`` batches, preprocessing ahead of the consumer.
+
+        At most two batches are being prepared at any time, so memory stays bounded while
+        the pool keeps decoding as the model runs.
+        """
+        clip = clip or self.model()
+        size = self.settings.max_batch_size
+        prepare = functools.partial(preprocess, cfg=clip.preprocess)
+        pending: deque[Future[np.ndarray]] = deque()
+        submitted = 0
+        try:
+            for start in range(0, len(images), size):
+                while submitted < min(len(images), start + 2 * size):
+                    pending.append(self._pool.submit(prepare, images[submitted]))
+                    submitted += 1
+                count = min(size, len(images) - start)
+                batch = [_result(pending.popleft(), start + k) for k in range(count)]
+                yield start, np.stack(batch)
+        finally:
+            for future in pending:
+                future.cancel()
+
+    # ------------------------------------------------------------ rank, classify
+    def rank(
+        self, query: Item, candidates: Sequence[Item], *, model: str | None = None
+    ) -> RankResult:
+        """Score ``candidates`` against ``query``, in either direction (text or image query).
+
+        Probabilities are ``softmax(logit_scale · cosine)`` over the candidates, as CLIP
+        computes its logits.
+        """
+        candidates = _checked_list(candidates, "candidates")
+        clip = self.model(model)
+        vectors = self.encode([query, *candidates], model=model)
+        cosines = vectors[1:] @ vectors[0]
+        return RankResult(probabilities=_softmax(clip.logit_scale * cosines), cosines=cosines)
+
+    def classify(
+        self,
+        images: Sequence[ImageInput],
+        labels: Sequence[str],
+        *,
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        model: str | None = None,
+    ) -> list[ClassifyResult]:
+        """Zero-shot classify ``images`` among ``labels``.
+
+        Each label is embedded through every prompt template (``"a photo of a {}."``); the
+        normalised template embeddings are averaged and renormalised, as in the CLIP paper.
+        """
+        label_tuple = tuple(self._checked_texts(labels))
+        if not label_tuple:
+            raise InvalidInputError("labels must not be empty")
+        template_tuple = _checked_templates(templates)
+        clip = self.model(model)
+        classes = self._class_embeddings(clip.name, label_tuple, template_tuple)
+        cosines = self.encode_images(images, model=model) @ classes.T
+        return [
+            ClassifyResult(label_tuple, _softmax(clip.logit_scale * row), row) for row in cosines
+        ]
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - the engine lives as long as its cache should
+    def _class_embeddings(
+        self, model: str, labels: tuple[str, ...], templates: tuple[str, ...]
+    ) -> np.ndarray:
+        prompts = [template.format(label) for label in labels for template in templates]
+        vectors = self.encode_texts(prompts, model=model).reshape(len(labels), len(templates), -1)
+        return _finish(vectors.mean(axis=1), normalize=True)
+
+    # ------------------------------------------------------------------ async
+    async def aencode_texts(
+        self, texts: Sequence[str], *, model: str | None = None, normalize: bool = True
+    ) -> np.ndarray:
+        """Awaitable :meth:`encode_texts`."""
+        return await asyncio.to_thread(self.encode_texts, texts, model=model, normalize=normalize)
+
+    async def aencode_images(
+        self, images: Sequence[ImageInput], *, model: str | None = None, normalize: bool = True
+    ) -> np.ndarray:
+        """Awaitable :meth:`encode_images`."""
+        return await asyncio.to_thread(self.encode_images, images, model=model, normalize=normalize)
+
+    async def aencode(
+        self, items: Sequence[Item], *, model: str | None = None, normalize: bool = True
+    ) -> np.ndarray:
+        """Awaitable :meth:`encode`."""
+        return await asyncio.to_thread(self.encode, items, model=model, normalize=normalize)
+
+    async def arank(
+        self, query: Item, candidates: Sequence[Item], *, model: str | None = None
+    ) -> RankResult:
+        """Awaitable :meth:`rank`."""
+        return await asyncio.to_thread(self.rank, query, candidates, model=model)
+
+    async def aclassify(
+        self,
+        images: Sequence[ImageInput],
+        labels: Sequence[str],
+        *,
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        model: str | None = None,
+    ) -> list[ClassifyResult]:
+        """Awaitable :meth:`classify`."""
+        return await asyncio.to_thread(
+            self.classify, images, labels, templates=templates, model=model
+        )
+
+    # ------------------------------------------------------------- validation
+    def _checked_texts(self, texts: Sequence[str]) -> list[str]:
+        items = _checked_list(texts, "texts")
+        limit = self.settings.max_text_chars
+        for index, text in enumerate(items):
+            if not isinstance(text, str):
+                raise InvalidInputError(
+                    f"text {index} is a {type(text).__name__}, expected a string"
+                )
+            if len(text) > limit:
+                raise TextTooLongError(
+                    f"text {index} has {len(text)} characters; the limit is {limit}"
+                )
+        return list(items)
+
+
+def _checked_list(items: Any, what: str) -> list[Any]:
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise InvalidInputError(f"{what} must be a list, got {type(items).__name__}")
+    if not items:
+        raise InvalidInputError(f"{what} must not be empty")
+    return list(items)
+
+
+def _checked_templates(templates: Sequence[str]) -> tuple[str, ...]:
+    items = _checked_list(templates, "templates")
+    for template in items:
+        if not isinstance(template, str) or "{}" not in template:
+            raise InvalidInputError(
+                f"prompt template {template!r} must be a string containing '{{}}' for the label"
+            )
+    return tuple(items)
+
+
+def _result(future: Future[np.ndarray], index: int) -> np.ndarray:
+    try:
+        return future.result()
+    except ClipServeError as exc:
+        raise type(exc)(f"image {index}: {exc}") from exc
+
+
+def _finish(vectors: np.ndarray, normalize: bool) -> np.ndarray:
+    if not normalize:
+        return vectors
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return np.asarray(shifted / shifted.sum(), dtype=np.float32)

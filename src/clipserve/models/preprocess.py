@@ -1,0 +1,535 @@
+"""Image decoding and OpenAI-CLIP preprocessing as pure functions.
+
+The pipeline reproduces the reference — transformers' PIL-backed ``CLIPImageProcessor`` given
+``ImageOps.exif_transpose(Image.open(data))`` — to float32 rounding:
+
+1. decode; apply the EXIF orientation;
+2. convert to RGB exactly as the reference does: images with an alpha band or a
+   ``transparency`` entry are composited onto white, everything else goes through
+   ``Image.convert("RGB")`` (so ``I;16`` clips at 255 and CMYK converts naively);
+3. resize the shortest side to ``resize_size`` with PIL bicubic (long side
+   ``int(resize_size * long / short)``), center crop ``image_size`` (offsets
+   ``(resized - crop) // 2``, zero padding when the crop is larger than the image);
+4. scale to [0, 1] and normalise with the model's mean and std, in float32.
+
+Two shortcuts keep it cheap without changing the result. Step 3 resamples only the region that
+survives the crop: ``Image.resize(..., box=...)`` with the crop box expressed in source
+coordinates evaluates the same filter taps as resizing the whole image and cropping
+afterwards. And JPEGs are decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``) when the decoded
+image still has ``draft_factor`` times the pixels the resize needs; that one is an
+approximation, bounded by measurement (see :class:`PreprocessConfig`).
+
+Example::
+
+    cfg = PreprocessConfig()
+    pixels = preprocess(Path("cat.jpg").read_bytes(), cfg)  # float32, shape (3, 224, 224)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import PIL
+from PIL import Image, ImageOps, JpegImagePlugin
+
+from clipserve.errors import (
+    ClipServeError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidInputError,
+    ModelUnavailableError,
+)
+
+OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+ImageInput: TypeAlias = (
+    bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Image | npt.NDArray[Any]
+)
+"""Anything :func:`preprocess` accepts: encoded bytes, a file path, a PIL image or a uint8 array."""
+
+# The reference's rescale factor (1/255, applied in float64 and then cast to float32).
+_RESCALE = 1 / 255
+# Decoders that run an external program (Ghostscript for EPS) are not for untrusted bytes.
+_REFUSED_FORMATS = frozenset({"EPS"})
+_ORIENTATION_TAG = 0x0112
+_DRAFT_SCALES = (8, 4, 2)
+# Up to this aspect ratio the reference's full resize is cheap enough to repeat as is.
+_FULL_RESIZE_MAX_ASPECT = 8
+# Pillow's Resample.c constants (bicubic support; fixed-point bits of the 8-bit passes).
+_BICUBIC_SUPPORT = 2.0
+_PRECISION_BITS = 32 - 8 - 2
+_PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images are decoded and turned into model input.
+
+    Attributes:
+        image_size: Side of the square center crop fed to the model.
+        resize_size: Length of the shortest side after resizing.
+        mean: Per-channel mean subtracted after scaling to [0, 1].
+        std: Per-channel standard deviation divided by afterwards.
+        max_pixels: Largest ``width * height`` accepted; checked from the file header before
+            any pixel is decoded.
+        jpeg_draft: Let the JPEG decoder downscale by 1/2, 1/4 or 1/8 (DCT scaling).
+        draft_factor: Draft only while the decoded shortest side stays at least this many
+            times ``resize_size``.
+
+    The default ``draft_factor`` was chosen by measurement (tests/unit/models/
+    test_preprocess.py prints it): embeddings of a random-initialised ViT-B/32 for 26
+    JPEGs (8 skimage photos at 1000-4000 px, 3 synthetic textures, all 8 EXIF orientations
+    of a 2000x1500 photo, sizes that are not multiples of 8), compared by cosine with the
+    reference's full decode. Minimum cosine over the set, by factor:
+    1.0 -> 0.99979 (1/8 scale reachable at 1792 px), 1.5 -> 0.99995, 2.0 -> 0.99998,
+    3.0 -> 0.999995. 2.0 is the most aggressive factor that keeps a margin over 0.99995;
+    it decodes a 1920x1280 JPEG at 1/2 scale and a 4000x3000 one at 1/4.
+    """
+
+    image_size: int = 224
+    resize_size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    max_pixels: int = 50_000_000
+    jpeg_draft: bool = True
+    draft_factor: float = 2.0
+
+    @classmethod
+    def from_hf_dir(cls, directory: Path | str, **overrides: Any) -> PreprocessConfig:
+        """Read the preprocessing of a Hugging Face CLIP checkpoint directory.
+
+        Uses ``preprocessor_config.json`` (``crop_size`` and ``size`` either as
+        ``{"height": ..., "width": ...}`` / ``{"shortest_edge": ...}`` or as plain ints,
+        ``image_mean``, ``image_std``); without it, ``config.json``'s
+        ``vision_config.image_size`` gives both sizes; anything missing keeps the OpenAI
+        defaults.
+
+        Args:
+            directory: The checkpoint directory.
+            **overrides: Fields to set regardless of the files (e.g. ``max_pixels``).
+
+        Returns:
+            The configuration.
+
+        Raises:
+            ModelUnavailableError: A config file is unreadable or describes a preprocessing
+                this module does not implement (non-square crop, fixed-size resize).
+
+        Example::
+
+            cfg = PreprocessConfig.from_hf_dir(Path("clip-vit-base-patch32"), max_pixels=10**7)
+        """
+        directory = Path(directory)
+        values: dict[str, Any] = {}
+        processor = _read_json(directory / "preprocessor_config.json")
+        if processor is not None:
+            values.update(_from_processor_config(processor))
+        else:
+            model = _read_json(directory / "config.json")
+            vision = (model or {}).get("vision_config") or {}
+            if isinstance(vision.get("image_size"), int):
+                values["image_size"] = values["resize_size"] = vision["image_size"]
+        known = {field.name for field in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown PreprocessConfig fields: {sorted(unknown)}")
+        values.update(overrides)
+        return cls(**values)
+
+
+def decode_image(data: bytes | bytearray | memoryview, cfg: PreprocessConfig) -> Image.Image:
+    """Decode encoded image bytes into an upright RGB image.
+
+    The pixel count is checked from the header before decoding; JPEGs may be decoded at a
+    reduced scale (see :class:`PreprocessConfig`); animated formats give their first frame;
+    the EXIF orientation is applied; the result is converted to RGB as the reference does.
+
+    Args:
+        data: The encoded file (JPEG, PNG, WebP, GIF, BMP, TIFF, … anything Pillow reads).
+        cfg: Limits and the JPEG draft policy.
+
+    Returns:
+        A loaded ``RGB`` image.
+
+    Raises:
+        InvalidImageError: Empty, unidentifiable, truncated or corrupt data.
+        ImageTooLargeError: More than ``cfg.max_pixels`` pixels.
+
+    Example::
+
+        image = decode_image(Path("cat.jpg").read_bytes(), PreprocessConfig())
+    """
+    size = memoryview(data).nbytes
+    if size == 0:
+        raise InvalidImageError("image data is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError as exc:
+        raise InvalidImageError(
+            f"cannot identify image format ({size} bytes, not an image file Pillow can read)"
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image is too large: {exc}") from exc
+    except Exception as exc:
+        raise InvalidImageError(f"image header is corrupt: {exc}") from exc
+    with image:
+        if image.format in _REFUSED_FORMATS:
+            raise InvalidImageError(f"unsupported image format: {image.format}")
+        _check_pixels(image.size, cfg)
+        try:
+            if cfg.jpeg_draft and isinstance(image, JpegImagePlugin.JpegImageFile):
+                _draft(image, cfg)
+            image.load()
+            return _upright_rgb(image)
+        except (ClipServeError, MemoryError):
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageTooLargeError(f"image is too large: {exc}") from exc
+        except Exception as exc:
+            raise InvalidImageError(f"image is truncated or corrupt: {exc}") from exc
+
+
+def load_image(source: ImageInput, cfg: PreprocessConfig) -> Image.Image:
+    """Turn any supported input into an upright RGB image.
+
+    Args:
+        source: Encoded bytes (``bytes``/``bytearray``/``memoryview``), a file path
+            (``str``/``os.PathLike``), a PIL image (its EXIF orientation is applied; it is
+            not modified) or a uint8 array shaped ``HxW``, ``HxWx1``, ``HxWx3`` or ``HxWx4``
+            (RGBA is composited onto white, as the reference does for arrays).
+        cfg: Limits and the JPEG draft policy.
+
+    Returns:
+        An ``RGB`` image (possibly ``source`` itself when it already is one).
+
+    Raises:
+        InvalidInputError: A path that cannot be read, or an unsupported input type.
+        InvalidImageError: Undecodable data or an array of the wrong shape or dtype.
+        ImageTooLargeError: More than ``cfg.max_pixels`` pixels.
+
+    Example::
+
+        image = load_image("photos/cat.jpg", PreprocessConfig())
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        return decode_image(source, cfg)
+    if isinstance(source, str | os.PathLike):
+        return decode_image(_read_file(source), cfg)
+    if isinstance(source, Image.Image):
+        return _pil_to_rgb(source, cfg)
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, cfg)
+    raise InvalidInputError(
+        f"unsupported image input of type {type(source).__name__}: expected bytes, a path, "
+        "a PIL image or a uint8 numpy array"
+    )
+
+
+def to_pixel_values(image: Image.Image, cfg: PreprocessConfig) -> npt.NDArray[np.float32]:
+    """Resize, center crop and normalise an RGB image into model input.
+
+    Args:
+        image: An RGB image, as :func:`load_image` returns (other modes are converted to
+            RGB the same way; no EXIF orientation is applied here).
+        cfg: Sizes, mean and std.
+
+    Returns:
+        A C-contiguous float32 array of shape ``(3, cfg.image_size, cfg.image_size)``.
+
+    Example::
+
+        pixels = to_pixel_values(Image.new("RGB", (640, 480)), PreprocessConfig())
+    """
+    if image.mode != "RGB":
+        image = _to_rgb(image)
+    return _normalize(_resize_center_crop(image, cfg.resize_size, cfg.image_size), cfg)
+
+
+def preprocess(source: ImageInput, cfg: PreprocessConfig) -> npt.NDArray[np.float32]:
+    """Decode (if needed) and preprocess one image into model input.
+
+    ``load_image`` followed by ``to_pixel_values``; see those for the accepted inputs and
+    the errors raised.
+
+    Args:
+        source: Encoded bytes, a file path, a PIL image or a uint8 array.
+        cfg: The model's preprocessing configuration.
+
+    Returns:
+        A C-contiguous float32 array of shape ``(3, cfg.image_size, cfg.image_size)``.
+
+    Example::
+
+        batch = np.stack([preprocess(data, cfg) for data in uploads])
+    """
+    return to_pixel_values(load_image(source, cfg), cfg)
+
+
+def _check_pixels(size: tuple[int, int], cfg: PreprocessConfig) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise InvalidImageError(f"image has no pixels ({width}x{height})")
+    if width * height > cfg.max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height:,} pixels, "
+            f"more than the limit of {cfg.max_pixels:,}"
+        )
+
+
+def _draft(image: JpegImagePlugin.JpegImageFile, cfg: PreprocessConfig) -> None:
+    width, height = image.size
+    shortest = min(width, height)
+    for scale in _DRAFT_SCALES:
+        # libjpeg rounds scaled dimensions up.
+        if -(-shortest // scale) >= cfg.draft_factor * cfg.resize_size:
+            # Pillow picks the largest scale <= min(w // req_w, h // req_h); for
+            # req = size // scale that is exactly ``scale``.
+            image.draft(image.mode, (width // scale, height // scale))
+            return
+
+
+def _upright_rgb(image: Image.Image) -> Image.Image:
+    """EXIF-transpose a freshly decoded image in place, then convert it to RGB."""
+    ImageOps.exif_transpose(image, in_place=True)
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    # Mirrors transformers.image_transforms.convert_to_rgb (transformers 5): anything with
+    # transparency is composited onto white; the rest is Image.convert("RGB").
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image
+    return image.convert("RGB")
+
+
+def _pil_to_rgb(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    _check_pixels(image.size, cfg)
+    try:
+        image.load()
+        if image.getexif().get(_ORIENTATION_TAG, 1) in range(2, 9):
+            image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (ClipServeError, MemoryError):
+        raise
+    except Exception as exc:
+        raise InvalidImageError(f"image is truncated or corrupt: {exc}") from exc
+
+
+def _array_to_rgb(array: npt.NDArray[Any], cfg: PreprocessConfig) -> Image.Image:
+    channels = array.shape[2] if array.ndim == 3 else 1
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or channels not in (1, 3, 4):
+        raise InvalidImageError(
+            f"unsupported image array with shape {array.shape} and dtype {array.dtype}: "
+            "expected uint8 HxW, HxWx1, HxWx3 or HxWx4"
+        )
+    _check_pixels((array.shape[1], array.shape[0]), cfg)
+    if array.ndim == 3 and channels == 1:
+        array = array[:, :, 0]
+    if channels == 4:
+        # The reference's array path: float64 blend onto white, rounded to nearest.
+        alpha = array[..., 3:4] / 255
+        array = np.round(alpha * array[..., :3] + (1 - alpha) * 255).astype(np.uint8)
+    image = Image.fromarray(np.ascontiguousarray(array))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _resized_size(width: int, height: int, shortest: int) -> tuple[int, int]:
+    # transformers.image_transforms.get_resize_output_image_size(default_to_square=False).
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(shortest * long / short)
+    return (shortest, new_long) if width <= height else (new_long, shortest)
+
+
+def _crop_window(resized: int, crop: int) -> tuple[int, int, int]:
+    """One axis of transformers' center_crop: first kept index, kept length, output offset.
+
+    When the crop is larger than the image, everything is kept and placed at
+    ``ceil((crop - resized) / 2)`` on a zero background, as the reference pads.
+    """
+    offset = (resized - crop) // 2
+    if offset >= 0:
+        return offset, crop, 0
+    return 0, resized, (crop - resized + 1) // 2
+
+
+def _resize_center_crop(image: Image.Image, resize_size: int, crop: int) -> npt.NDArray[np.uint8]:
+    size = _resized_size(image.width, image.height, resize_size)
+    if max(size) <= _FULL_RESIZE_MAX_ASPECT * min(size):
+        # The reference's own call: exact by construction, whatever Pillow does inside.
+        resized = np.asarray(image.resize(size, Image.Resampling.BICUBIC))
+    else:
+        resized = _resize_by_axis(image, size, crop)
+    rows = _crop_window(size[1], crop)
+    cols = _crop_window(size[0], crop)
+    if size != (resized.shape[1], resized.shape[0]):
+        # _resize_by_axis already dropped what the crop drops.
+        rows, cols = (0, rows[1], rows[2]), (0, cols[1], cols[2])
+    kept = resized[rows[0] : rows[0] + rows[1], cols[0] : cols[0] + cols[1]]
+    if kept.shape[:2] == (crop, crop):
+        return kept
+    canvas = np.zeros((crop, crop, 3), dtype=np.uint8)
+    canvas[rows[2] : rows[2] + rows[1], cols[2] : cols[2] + cols[1]] = kept
+    return canvas
+
+
+def _resize_by_axis(
+    image: Image.Image, size: tuple[int, int], crop: int
+) -> npt.NDArray[np.uint8]:
+    """The kept part of a two-pass resize of a very elongated image, one axis at a time.
+
+    The reference resizes e.g. a 3x4000 image to 224x298666 and then crops. Each pass here
+    computes exactly what the same pass of Pillow's two-pass resize computes, in the order
+    Pillow runs them, but the crop is applied between the passes, and an upsampled axis is
+    evaluated only at the kept samples.
+    """
+    current = image
+    vertical_first = _pillow_resizes_vertically_first(image.size, size)
+    for vertical in (True, False) if vertical_first else (False, True):
+        length = current.height if vertical else current.width
+        target = size[1] if vertical else size[0]
+        start, count, _ = _crop_window(target, crop)
+        if target > length and count < target:
+            pixels = _resample_kept(np.asarray(current), 0 if vertical else 1, target, start, count)
+            current = Image.fromarray(pixels)
+            continue
+        current = current.resize(
+            (current.width, target) if vertical else (target, current.height),
+            Image.Resampling.BICUBIC,
+        )
+        if count < target:
+            box = (0, start, current.width, start + count)
+            current = current.crop(box if vertical else (start, 0, start + count, current.height))
+    return np.asarray(current)
+
+
+def _pillow_resizes_vertically_first(source: tuple[int, int], target: tuple[int, int]) -> bool:
+    # Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height
+    # shrinks by more than twice as many pixels as the width; before, horizontal always
+    # came first. Measured on Pillow 13.0 over 3,000 random size pairs: no exception.
+    (width, height), (new_width, new_height) = source, target
+    shrink = height - new_height
+    return _PILLOW_MAJOR >= 13 and shrink > 0 and shrink > 2 * (width - new_width)
+
+
+def _resample_kept(
+    pixels: npt.NDArray[np.uint8], axis: int, out_size: int, start: int, count: int
+) -> npt.NDArray[np.uint8]:
+    """Samples ``start .. start + count`` of Pillow's 8-bit bicubic resize of one axis.
+
+    A transcription of Pillow's Resample.c (``precompute_coeffs``, ``normalize_coeffs_8bpc``
+    and the 8bpc passes for a whole-axis box) in the same double-precision arithmetic, so
+    the samples are bit-identical to those of a full resize without computing the rest.
+    Used for upsampled axes only, where the filter has at most 5 taps.
+    """
+    lines = np.moveaxis(pixels, axis, 0)
+    in_size = lines.shape[0]
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = _BICUBIC_SUPPORT * filterscale
+    ksize = math.ceil(support) * 2 + 1
+    center = (np.arange(start, start + count, dtype=np.float64) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    taps = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - first
+    offsets = np.arange(ksize)
+    positions = first[:, None] + offsets[None, :]
+    weights = _bicubic(((positions - center[:, None]) + 0.5) * (1.0 / filterscale))
+    weights[offsets[None, :] >= taps[:, None]] = 0.0
+    total = np.zeros(count, dtype=np.float64)
+    for tap in range(ksize):  # summed in Pillow's order
+        total += weights[:, tap]
+    weights = np.divide(weights, total[:, None], out=weights, where=total[:, None] != 0.0)
+    scaled = weights * float(1 << _PRECISION_BITS)
+    fixed = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int32)
+    acc = np.full((count, *lines.shape[1:]), 1 << (_PRECISION_BITS - 1), dtype=np.int32)
+    rows = np.minimum(positions, in_size - 1)
+    for tap in range(ksize):
+        acc += lines[rows[:, tap]].astype(np.int32) * fixed[:, tap, None, None]
+    out = np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
+
+
+def _bicubic(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    # Pillow's bicubic_filter (a = -0.5), operation for operation.
+    x = np.abs(x)
+    near = ((1.5 * x - 2.5) * x) * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * -0.5
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _normalize(pixels: npt.NDArray[np.uint8], cfg: PreprocessConfig) -> npt.NDArray[np.float32]:
+    # A per-channel lookup table computed with the reference's exact arithmetic:
+    # float32(uint8 * (1/255) in float64), then (x - mean) / std in float32.
+    levels = (np.arange(256, dtype=np.float64) * _RESCALE).astype(np.float32)
+    mean = np.asarray(cfg.mean, dtype=np.float32)[:, None]
+    std = np.asarray(cfg.std, dtype=np.float32)[:, None]
+    table = (levels[None, :] - mean) / std
+    height, width = pixels.shape[:2]
+    out = np.empty((3, height, width), dtype=np.float32)
+    for channel in range(3):
+        np.take(table[channel], pixels[:, :, channel], out=out[channel])
+    return out
+
+
+def _read_file(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InvalidInputError(f"cannot read image file {os.fspath(path)!r}: {reason}") from exc
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelUnavailableError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _from_processor_config(config: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    crop = config.get("crop_size")
+    if isinstance(crop, dict):
+        height, width = crop.get("height"), crop.get("width")
+        if height != width or not isinstance(height, int):
+            raise ModelUnavailableError(f"unsupported crop_size {crop}: only square crops")
+        values["image_size"] = height
+    elif isinstance(crop, int):
+        values["image_size"] = crop
+    size = config.get("size")
+    if isinstance(size, dict):
+        if not isinstance(size.get("shortest_edge"), int):
+            raise ModelUnavailableError(
+                f"unsupported size {size}: only a shortest_edge resize is implemented"
+            )
+        values["resize_size"] = size["shortest_edge"]
+    elif isinstance(size, int):
+        values["resize_size"] = size
+    for key, field in (("image_mean", "mean"), ("image_std", "std")):
+        triple = config.get(key)
+        if triple is not None:
+            if not (isinstance(triple, list) and len(triple) == 3):
+                raise ModelUnavailableError(f"unsupported {key} {triple}: expected 3 numbers")
+            values[field] = tuple(float(v) for v in triple)
+    if "image_size" in values and "resize_size" not in values:
+        values["resize_size"] = values["image_size"]
+    elif "resize_size" in values and "image_size" not in values:
+        values["image_size"] = values["resize_size"]
+    return values

@@ -1,0 +1,470 @@
+"""CLIP checkpoints the test suite and benchmarks build for themselves (no model hub needed).
+
+Two models, each built once per machine into a versioned directory of the test cache
+(``$CLIPSERVE_TEST_CACHE`` or ``~/.cache/clipserve-test``) in Hugging Face ``CLIPModel`` layout
+(``config.json``, ``model.safetensors``, ``preprocessor_config.json``, tokenizer files):
+
+- :func:`ensure_random_vit_b32` — a randomly initialised ViT-B/32 with exactly the architecture
+  and config of ``openai/clip-vit-base-patch32``: the real model's cost, none of its knowledge.
+  For speed, export and parity checks.
+- :func:`ensure_tiny_clip` — a tiny CLIP of the same architecture trained for about a minute on
+  the synthetic coloured shapes of :mod:`clipserve.testing.synthetic`, so ranking, zero-shot and
+  search tests see a real signal. The build measures zero-shot accuracy on fresh held-out images,
+  writes it to ``train_report.json`` and fails below 95 %.
+
+Builds happen in a temporary directory moved into place with :func:`os.replace`, under an
+``fcntl`` lock, so concurrent test processes neither race nor see half-written models; a
+finished build (its marker file present) is reused by every later call.
+
+torch and transformers (the ``export`` extra) are imported only when a model must be built.
+
+Example::
+
+    from clipserve.testing.models import ensure_tiny_clip
+
+    model_dir = ensure_tiny_clip()  # builds on first use, then returns at once
+
+or from a shell: ``python -m clipserve.testing.models all``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from clipserve.testing.synthetic import SyntheticItem, class_captions, make_dataset
+
+#: Environment variable overriding the cache root.
+CACHE_ENV = "CLIPSERVE_TEST_CACHE"
+#: Versioned directory names: bump the suffix when a builder's output changes.
+RANDOM_VIT_B32_NAME = "random-vit-b32-v1"
+TINY_CLIP_NAME = "tiny-clip-v1"
+#: File written last into a finished model directory.
+MARKER_FILE = "BUILD_COMPLETE.json"
+#: Training summary of the tiny model.
+TRAIN_REPORT_FILE = "train_report.json"
+#: Zero-shot top-1 the tiny model must reach on held-out images.
+MIN_ACCURACY = 0.95
+
+# OpenAI CLIP's normalisation, as in the real repos' preprocessor_config.json.
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+# The real openai/clip-* configs carry the legacy text-tower token ids (from before
+# transformers PR #24773); with eos_token_id == 2 transformers pools the text at
+# argmax(input_ids), i.e. at <|endoftext|> (49407, the largest id), exactly like OpenAI.
+_LEGACY_TEXT_TOKEN_IDS = {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+_LOGIT_SCALE_INIT = 2.6592  # ln(1 / 0.07)
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """Architecture and training schedule of the tiny CLIP (part of its cache version)."""
+
+    image_size: int = 64
+    patch_size: int = 16
+    vision_width: int = 128
+    vision_layers: int = 4
+    text_width: int = 128
+    text_layers: int = 3
+    heads: int = 4
+    projection_dim: int = 64
+    train_items: int = 48 * 100
+    render_size: int = 128
+    word_probability: float = 0.5
+    steps: int = 260
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.05
+    seed: int = 0
+    eval_items: int = 480
+    eval_seed: int = 1_000_003
+    threads: int = 2
+
+
+TINY_RECIPE = TinyRecipe()
+
+
+def cache_root() -> Path:
+    """Where test models live: ``$CLIPSERVE_TEST_CACHE`` or ``~/.cache/clipserve-test``."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "clipserve-test"
+
+
+def ensure_random_vit_b32() -> Path:
+    """A random-initialised ``openai/clip-vit-base-patch32`` look-alike, built once and cached.
+
+    Same architecture and config values as the real checkpoint (ViT-B/32 at 224 px, 12-layer
+    512-wide text tower, 512-d projections, quick_gelu, legacy text token ids), weights from
+    ``torch.manual_seed(0)``; plus the real repo's ``preprocessor_config.json`` and tokenizer
+    files. About 600 MB on disk.
+
+    Returns:
+        The model directory, loadable with ``transformers.CLIPModel.from_pretrained``.
+
+    Example::
+
+        model = transformers.CLIPModel.from_pretrained(ensure_random_vit_b32())
+    """
+    return _ensure(RANDOM_VIT_B32_NAME, _build_random_vit_b32)
+
+
+def ensure_tiny_clip() -> Path:
+    """A tiny CLIP trained on synthetic coloured shapes, built once (about a minute) and cached.
+
+    See :data:`TINY_RECIPE` for its architecture. The directory also holds
+    ``train_report.json`` (held-out zero-shot accuracy, seconds, steps, seed).
+
+    Returns:
+        The model directory, loadable with ``transformers.CLIPModel.from_pretrained``.
+
+    Raises:
+        RuntimeError: the trained model's held-out zero-shot top-1 is below 95 %.
+
+    Example::
+
+        model_dir = ensure_tiny_clip()
+        json.loads((model_dir / "train_report.json").read_text())["accuracy"]  # >= 0.95
+    """
+    return _ensure(TINY_CLIP_NAME, lambda out: _build_tiny_clip(out, TINY_RECIPE))
+
+
+def preprocessor_config(image_size: int) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` of an OpenAI CLIP repo, for ``image_size`` pixels."""
+    return {
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": list(IMAGE_MEAN),
+        "image_processor_type": "CLIPImageProcessor",
+        "image_std": list(IMAGE_STD),
+        "resample": 3,
+        "rescale_factor": 1 / 255,
+        "size": {"shortest_edge": image_size},
+    }
+
+
+# --- cache ------------------------------------------------------------------------------------
+
+
+def _ensure(name: str, build: Callable[[Path], None]) -> Path:
+    root = cache_root()
+    target = root / name
+    if (target / MARKER_FILE).is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(root / f".{name}.lock"):
+        if (target / MARKER_FILE).is_file():  # another process built it while we waited
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-building-", dir=root))
+        try:
+            started = time.monotonic()
+            build(staging)
+            marker = {"name": name, "build_seconds": round(time.monotonic() - started, 1)}
+            (staging / MARKER_FILE).write_text(json.dumps(marker) + "\n")
+            if target.exists():  # a directory without marker: never finished, replace it
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- building -----------------------------------------------------------------------------------
+
+
+def _import_torch() -> tuple[Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise ImportError(
+            "building clipserve test models needs torch and transformers: "
+            "pip install 'clipserve[export]'"
+        ) from exc
+    return torch, transformers
+
+
+def _clip_config(
+    transformers: Any, *, text: dict[str, Any], vision: dict[str, Any], projection_dim: int
+) -> Any:
+    common = {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": projection_dim}
+    text_config = {
+        "vocab_size": 49408, "max_position_embeddings": 77, "attention_dropout": 0.0,
+        **common, **_LEGACY_TEXT_TOKEN_IDS, **text,
+    }  # fmt: skip
+    vision_config = {"num_channels": 3, "attention_dropout": 0.0, **common, **vision}
+    return transformers.CLIPConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        projection_dim=projection_dim,
+        logit_scale_init_value=_LOGIT_SCALE_INIT,
+        initializer_factor=1.0,
+    )
+
+
+def _save(model: Any, out: Path, image_size: int) -> None:
+    from clipserve.models.tokenizer import write_hf_tokenizer_files
+
+    model.save_pretrained(out)  # safetensors: the default (and only format) of transformers 5
+    if not (out / "model.safetensors").is_file():
+        raise RuntimeError(f"save_pretrained wrote no model.safetensors in {out}")
+    config = json.dumps(preprocessor_config(image_size), indent=2) + "\n"
+    (out / "preprocessor_config.json").write_text(config)
+    write_hf_tokenizer_files(out)
+
+
+def _build_random_vit_b32(out: Path) -> None:
+    torch, transformers = _import_torch()
+    torch.manual_seed(0)
+    config = _clip_config(
+        transformers,
+        text={"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+              "num_attention_heads": 8},
+        vision={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                "num_attention_heads": 12, "image_size": 224, "patch_size": 32},
+        projection_dim=512,
+    )  # fmt: skip
+    _save(transformers.CLIPModel(config).eval(), out, image_size=224)
+
+
+def _tiny_config(transformers: Any, recipe: TinyRecipe) -> Any:
+    return _clip_config(
+        transformers,
+        text={"hidden_size": recipe.text_width, "intermediate_size": 4 * recipe.text_width,
+              "num_hidden_layers": recipe.text_layers, "num_attention_heads": recipe.heads},
+        vision={"hidden_size": recipe.vision_width, "intermediate_size": 4 * recipe.vision_width,
+                "num_hidden_layers": recipe.vision_layers, "num_attention_heads": recipe.heads,
+                "image_size": recipe.image_size, "patch_size": recipe.patch_size},
+        projection_dim=recipe.projection_dim,
+    )  # fmt: skip
+
+
+def _build_tiny_clip(out: Path, recipe: TinyRecipe) -> None:
+    torch, transformers = _import_torch()
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    started = time.monotonic()
+    data = _training_data(torch, recipe)
+    data_seconds = time.monotonic() - started
+    model = transformers.CLIPModel(_tiny_config(transformers, recipe))
+    train_seconds = _train(torch, model, data, recipe)
+    accuracy = _held_out_accuracy(torch, model, recipe)
+    report = {
+        "accuracy": round(accuracy, 4),
+        "eval_items": recipe.eval_items,
+        "eval_seed": recipe.eval_seed,
+        "seconds": round(train_seconds, 1),
+        "data_seconds": round(data_seconds, 1),
+        "steps": recipe.steps,
+        "seed": recipe.seed,
+        "torch_threads": recipe.threads,
+        "recipe": asdict(recipe),
+    }
+    if accuracy < MIN_ACCURACY:
+        raise RuntimeError(f"tiny CLIP reached only {accuracy:.3f} held-out zero-shot top-1")
+    _save(model.eval(), out, image_size=recipe.image_size)
+    (out / TRAIN_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+
+
+# --- tiny CLIP training -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TrainingData:
+    pixels: Any  # float32 [N, 3, S, S]
+    token_ids: Any  # int64 [C, L], every caption used in training
+    matches: Any  # float32 [N, C], 1 where caption c describes image n
+
+
+def _training_data(torch: Any, recipe: TinyRecipe) -> _TrainingData:
+    items = make_dataset(
+        recipe.train_items,
+        recipe.seed,
+        word_probability=recipe.word_probability,
+        size=recipe.render_size,
+    )
+    captions = _training_captions(items)
+    index = {caption: i for i, caption in enumerate(captions)}
+    matches = np.zeros((len(items), len(captions)), dtype=np.float32)
+    for n, item in enumerate(items):
+        for caption in _descriptions(item):
+            matches[n, index[caption]] = 1.0
+    return _TrainingData(
+        pixels=torch.from_numpy(_pixels(items, recipe.image_size)),
+        token_ids=torch.from_numpy(_token_ids(captions)),
+        matches=torch.from_numpy(matches),
+    )
+
+
+def _descriptions(item: SyntheticItem) -> list[str]:
+    """The captions that truly describe ``item``: its class caption, and with its word if any."""
+    return [item.caption] if item.word is None else [item.caption, item.caption_with_word]
+
+
+def _training_captions(items: Sequence[SyntheticItem]) -> list[str]:
+    extra = sorted({c for item in items for c in _descriptions(item)} - set(class_captions()))
+    return class_captions() + extra
+
+
+def _pixels(items: Sequence[SyntheticItem], image_size: int) -> npt.NDArray[np.float32]:
+    return np.stack([_preprocess(item, image_size) for item in items]).astype(np.float32)
+
+
+def _preprocess(item: SyntheticItem, image_size: int) -> npt.NDArray[np.float32]:
+    try:
+        from clipserve.models.preprocess import PreprocessConfig, preprocess
+    except ImportError:
+        return _fallback_preprocess(item, image_size)
+    cfg = PreprocessConfig(image_size=image_size, resize_size=image_size)
+    return np.asarray(preprocess(item.image, cfg), dtype=np.float32)
+
+
+def _fallback_preprocess(item: SyntheticItem, image_size: int) -> npt.NDArray[np.float32]:
+    from PIL import Image
+
+    image = item.image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = (array - np.array(IMAGE_MEAN, np.float32)) / np.array(IMAGE_STD, np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def _token_ids(captions: Sequence[str]) -> npt.NDArray[np.int64]:
+    from clipserve.models.tokenizer import load_tokenizer
+
+    return load_tokenizer()(list(captions))
+
+
+def _features(torch: Any, output: Any) -> Any:
+    """transformers 5 returns an output object from get_*_features, 4.x a tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def _embed(torch: Any, model: Any, *, pixels: Any = None, token_ids: Any = None) -> Any:
+    if pixels is not None:
+        features = _features(torch, model.get_image_features(pixel_values=pixels))
+    else:
+        features = _features(torch, model.get_text_features(input_ids=token_ids))
+    return torch.nn.functional.normalize(features, dim=-1)
+
+
+def _clip_loss(torch: Any, logits: Any, matches: Any) -> Any:
+    """Symmetric CLIP loss where several captions may describe an image and vice versa.
+
+    Each side's softmax target is spread evenly over its true matches: an image's over the
+    captions describing it, a caption's (among those present in the batch) over its images.
+    """
+    log_softmax = torch.nn.functional.log_softmax
+    image_targets = matches / matches.sum(dim=1, keepdim=True)
+    image_loss = -(image_targets * log_softmax(logits, dim=1)).sum(dim=1).mean()
+    present = matches.sum(dim=0) > 0
+    text_matches = matches[:, present]
+    text_targets = text_matches / text_matches.sum(dim=0, keepdim=True)
+    text_loss = -(text_targets * log_softmax(logits[:, present], dim=0)).sum(dim=0).mean()
+    return (image_loss + text_loss) / 2
+
+
+def _train(torch: Any, model: Any, data: _TrainingData, recipe: TinyRecipe) -> float:
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, recipe))
+    generator = torch.Generator().manual_seed(recipe.seed)
+    batches = _batches(torch, len(data.pixels), recipe, generator)
+    started = time.monotonic()
+    for batch in batches:
+        images = _embed(torch, model, pixels=data.pixels[batch])
+        texts = _embed(torch, model, token_ids=data.token_ids)
+        logits = model.logit_scale.exp() * images @ texts.T
+        loss = _clip_loss(torch, logits, data.matches[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+    return time.monotonic() - started
+
+
+def _batches(torch: Any, n: int, recipe: TinyRecipe, generator: Any) -> list[Any]:
+    order = torch.cat(
+        [
+            torch.randperm(n, generator=generator)
+            for _ in range(math.ceil(recipe.steps * recipe.batch_size / n))
+        ]
+    )
+    return [order[i * recipe.batch_size : (i + 1) * recipe.batch_size] for i in range(recipe.steps)]
+
+
+def _lr_factor(step: int, recipe: TinyRecipe) -> float:
+    if step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _held_out_accuracy(torch: Any, model: Any, recipe: TinyRecipe) -> float:
+    """Zero-shot top-1 over all class captions on images generated with ``eval_seed``."""
+    items = make_dataset(
+        recipe.eval_items,
+        recipe.eval_seed,
+        word_probability=recipe.word_probability,
+        size=recipe.render_size,
+    )
+    model.eval()
+    with torch.no_grad():
+        texts = _embed(torch, model, token_ids=torch.from_numpy(_token_ids(class_captions())))
+        images = _embed(torch, model, pixels=torch.from_numpy(_pixels(items, recipe.image_size)))
+        predicted = (images @ texts.T).argmax(dim=1).numpy()
+    labels = np.array([item.label for item in items])
+    return float((predicted == labels).mean())
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m clipserve.testing.models [random|tiny|all]``: build and print the paths."""
+    parser = argparse.ArgumentParser(prog="python -m clipserve.testing.models")
+    parser.add_argument("which", nargs="?", choices=("random", "tiny", "all"), default="all")
+    args = parser.parse_args(argv)
+    builders: dict[str, Callable[[], Path]] = {
+        "random": ensure_random_vit_b32,
+        "tiny": ensure_tiny_clip,
+    }
+    for name, builder in builders.items():
+        if args.which in (name, "all"):
+            print(f"{name}: {builder()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
