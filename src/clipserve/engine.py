@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from clipserve.batching import DynamicBatcher
 from clipserve.errors import ClipServeError, InvalidInputError, TextTooLongError
 from clipserve.models.loader import ClipModel, load_model
 from clipserve.models.preprocess import ImageInput, preprocess
@@ -98,6 +99,9 @@ class Engine:
         self.default_model = next(iter(models))
         workers = self.settings.preprocess_workers or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+        # One inference thread: on a CPU, models running side by side only fight for cores.
+        self._run_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
 
     # ----------------------------------------------------------------- models
     @property
@@ -116,8 +120,55 @@ class Engine:
             ) from None
 
     def close(self) -> None:
-        """Stop the preprocessing threads."""
+        """Stop the worker threads (call :meth:`aclose` first when batchers were used)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._run_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """Stop the batchers' tasks, then the worker threads."""
+        for batcher in self._batchers.values():
+            await batcher.close()
+        self._batchers.clear()
+        self.close()
+
+    @property
+    def batchers(self) -> list[DynamicBatcher]:
+        """The batchers created so far (one per model and modality), for metrics."""
+        return list(self._batchers.values())
+
+    def batcher(self, model: str | None, modality: str) -> DynamicBatcher:
+        """The dynamic batcher of ``model`` for ``"text"`` or ``"image"`` (made on first use).
+
+        Must be called on the event loop that will await it.
+        """
+        clip = self.model(model)
+        key = (clip.name, modality)
+        if key not in self._batchers:
+            self._batchers[key] = self._new_batcher(clip, modality)
+        return self._batchers[key]
+
+    def _new_batcher(self, clip: ClipModel, modality: str) -> DynamicBatcher:
+        def tokenize(text: str) -> list[int]:
+            return clip.tokenizer.encode([text])[0]
+
+        def run_texts(ids: list[list[int]]) -> np.ndarray:
+            return clip.embed_token_ids(clip.tokenizer.pad(ids))
+
+        def run_images(pixels: list[np.ndarray]) -> np.ndarray:
+            return clip.embed_pixels(np.stack(pixels))
+
+        text = modality == "text"
+        return DynamicBatcher(
+            f"{clip.name}/{modality}",
+            prepare=tokenize if text else functools.partial(preprocess, cfg=clip.preprocess),
+            run=run_texts if text else run_images,
+            prepare_pool=self._pool,
+            run_pool=self._run_pool,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait=self.settings.max_wait_ms / 1000,
+            max_queue=self.settings.max_queue,
+            item_label=modality,
+        )
 
     def __enter__(self) -> Engine:
         return self
@@ -212,10 +263,8 @@ class Engine:
         computes its logits.
         """
         candidates = _checked_list(candidates, "candidates")
-        clip = self.model(model)
         vectors = self.encode([query, *candidates], model=model)
-        cosines = vectors[1:] @ vectors[0]
-        return RankResult(probabilities=_softmax(clip.logit_scale * cosines), cosines=cosines)
+        return _rank_result(self.model(model), vectors)
 
     def classify(
         self,
@@ -230,16 +279,11 @@ class Engine:
         Each label is embedded through every prompt template (``"a photo of a {}."``); the
         normalised template embeddings are averaged and renormalised, as in the CLIP paper.
         """
-        label_tuple = tuple(self._checked_texts(labels))
-        if not label_tuple:
-            raise InvalidInputError("labels must not be empty")
-        template_tuple = _checked_templates(templates)
+        label_tuple, template_tuple = self._checked_labels(labels, templates)
         clip = self.model(model)
         classes = self._class_embeddings(clip.name, label_tuple, template_tuple)
         cosines = self.encode_images(images, model=model) @ classes.T
-        return [
-            ClassifyResult(label_tuple, _softmax(clip.logit_scale * row), row) for row in cosines
-        ]
+        return _classify_results(clip, label_tuple, cosines)
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - the engine lives as long as its cache should
     def _class_embeddings(
@@ -250,29 +294,49 @@ class Engine:
         return _finish(vectors.mean(axis=1), normalize=True)
 
     # ------------------------------------------------------------------ async
+    # The awaitable API goes through the dynamic batchers, so concurrent callers (the server's
+    # requests) share model batches.
     async def aencode_texts(
         self, texts: Sequence[str], *, model: str | None = None, normalize: bool = True
     ) -> np.ndarray:
-        """Awaitable :meth:`encode_texts`."""
-        return await asyncio.to_thread(self.encode_texts, texts, model=model, normalize=normalize)
+        """Awaitable :meth:`encode_texts`, batched with other concurrent calls."""
+        items = self._checked_texts(texts)
+        rows = await self.batcher(model, "text").submit(items, self.settings.request_timeout)
+        return _finish(rows, normalize)
 
     async def aencode_images(
         self, images: Sequence[ImageInput], *, model: str | None = None, normalize: bool = True
     ) -> np.ndarray:
-        """Awaitable :meth:`encode_images`."""
-        return await asyncio.to_thread(self.encode_images, images, model=model, normalize=normalize)
+        """Awaitable :meth:`encode_images`, batched with other concurrent calls."""
+        items = _checked_list(images, "images")
+        rows = await self.batcher(model, "image").submit(items, self.settings.request_timeout)
+        return _finish(rows, normalize)
 
     async def aencode(
         self, items: Sequence[Item], *, model: str | None = None, normalize: bool = True
     ) -> np.ndarray:
-        """Awaitable :meth:`encode`."""
-        return await asyncio.to_thread(self.encode, items, model=model, normalize=normalize)
+        """Awaitable :meth:`encode`: texts and images are encoded concurrently."""
+        items = _checked_list(items, "items")
+        text_at = [i for i, item in enumerate(items) if isinstance(item, str)]
+        image_at = [i for i, item in enumerate(items) if not isinstance(item, str)]
+        out = np.empty((len(items), self.model(model).embed_dim), np.float32)
+        jobs = []
+        if text_at:
+            jobs.append(self.aencode_texts([items[i] for i in text_at], model=model))
+        if image_at:
+            jobs.append(self.aencode_images([items[i] for i in image_at], model=model))
+        results = await asyncio.gather(*jobs)
+        for positions, rows in zip([p for p in (text_at, image_at) if p], results, strict=True):
+            out[positions] = rows
+        return _finish(out, normalize)
 
     async def arank(
         self, query: Item, candidates: Sequence[Item], *, model: str | None = None
     ) -> RankResult:
         """Awaitable :meth:`rank`."""
-        return await asyncio.to_thread(self.rank, query, candidates, model=model)
+        candidates = _checked_list(candidates, "candidates")
+        vectors = await self.aencode([query, *candidates], model=model)
+        return _rank_result(self.model(model), vectors)
 
     async def aclassify(
         self,
@@ -283,24 +347,44 @@ class Engine:
         model: str | None = None,
     ) -> list[ClassifyResult]:
         """Awaitable :meth:`classify`."""
-        return await asyncio.to_thread(
-            self.classify, images, labels, templates=templates, model=model
+        label_tuple, template_tuple = self._checked_labels(labels, templates)
+        clip = self.model(model)
+        classes = await asyncio.to_thread(
+            self._class_embeddings, clip.name, label_tuple, template_tuple
         )
+        vectors = await self.aencode_images(images, model=model)
+        return _classify_results(clip, label_tuple, vectors @ classes.T)
 
     # ------------------------------------------------------------- validation
-    def _checked_texts(self, texts: Sequence[str]) -> list[str]:
-        items = _checked_list(texts, "texts")
+    def _checked_labels(
+        self, labels: Sequence[str], templates: Sequence[str]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return tuple(self._checked_texts(labels, "label")), _checked_templates(templates)
+
+    def _checked_texts(self, texts: Sequence[str], what: str = "text") -> list[str]:
+        items = _checked_list(texts, f"{what}s")
         limit = self.settings.max_text_chars
         for index, text in enumerate(items):
             if not isinstance(text, str):
                 raise InvalidInputError(
-                    f"text {index} is a {type(text).__name__}, expected a string"
+                    f"{what} {index} is a {type(text).__name__}, expected a string"
                 )
             if len(text) > limit:
                 raise TextTooLongError(
-                    f"text {index} has {len(text)} characters; the limit is {limit}"
+                    f"{what} {index} has {len(text)} characters; the limit is {limit}"
                 )
         return list(items)
+
+
+def _rank_result(clip: ClipModel, vectors: np.ndarray) -> RankResult:
+    cosines = vectors[1:] @ vectors[0]
+    return RankResult(probabilities=_softmax(clip.logit_scale * cosines), cosines=cosines)
+
+
+def _classify_results(
+    clip: ClipModel, labels: tuple[str, ...], cosines: np.ndarray
+) -> list[ClassifyResult]:
+    return [ClassifyResult(labels, _softmax(clip.logit_scale * row), row) for row in cosines]
 
 
 def _checked_list(items: Any, what: str) -> list[Any]:

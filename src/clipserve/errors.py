@@ -44,3 +44,15 @@ class ModelUnavailableError(ClipServeError):
 
 class ExportUnavailableError(ClipServeError):
     """Exporting to ONNX needs the ``export`` extra (torch, transformers)."""
+
+
+class OverloadedError(ClipServeError):
+    """The server's queue is full; retry after ``retry_after`` seconds (HTTP 503)."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeoutError(ClipServeError):
+    """A request did not get its result in time (HTTP 504)."""

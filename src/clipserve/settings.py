@@ -46,6 +46,15 @@ class Settings(BaseSettings):
         0, ge=0, description="Image decode/preprocess threads; 0 means one per CPU core."
     )
     max_batch_size: int = Field(32, ge=1, description="Largest batch sent to the model at once.")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="How long a batch waits for more requests while the model is busy."
+    )
+    max_queue: int = Field(
+        1024, ge=1, description="Items waiting per model and modality before requests get 503."
+    )
+    request_timeout: float = Field(
+        60.0, gt=0, description="Seconds a request may wait for its embeddings."
+    )
     max_image_pixels: int = Field(
         50_000_000, ge=1, description="Images with more pixels than this are rejected."
     )

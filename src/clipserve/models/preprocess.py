@@ -38,7 +38,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 import PIL
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from clipserve.errors import (
     ClipServeError,
@@ -153,6 +153,11 @@ def decode_image(data: bytes | bytearray | memoryview, cfg: PreprocessConfig) ->
     reduced scale (see :class:`PreprocessConfig`); animated formats give their first frame;
     the EXIF orientation is applied; the result is converted to RGB as the reference does.
 
+    A JPEG decoded at 1/n scale whose sides are not multiples of n has a partial last row
+    or column. :func:`preprocess` accounts for it (it resamples the exact source region);
+    ``to_pixel_values(decode_image(...))`` treats the image as whole, which shifts the
+    geometry by a fraction of a pixel.
+
     Args:
         data: The encoded file (JPEG, PNG, WebP, GIF, BMP, TIFF, … anything Pillow reads).
         cfg: Limits and the JPEG draft policy.
@@ -168,34 +173,7 @@ def decode_image(data: bytes | bytearray | memoryview, cfg: PreprocessConfig) ->
 
         image = decode_image(Path("cat.jpg").read_bytes(), PreprocessConfig())
     """
-    size = memoryview(data).nbytes
-    if size == 0:
-        raise InvalidImageError("image data is empty (0 bytes)")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Image.UnidentifiedImageError as exc:
-        raise InvalidImageError(
-            f"cannot identify image format ({size} bytes, not an image file Pillow can read)"
-        ) from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image is too large: {exc}") from exc
-    except Exception as exc:
-        raise InvalidImageError(f"image header is corrupt: {exc}") from exc
-    with image:
-        if image.format in _REFUSED_FORMATS:
-            raise InvalidImageError(f"unsupported image format: {image.format}")
-        _check_pixels(image.size, cfg)
-        try:
-            if cfg.jpeg_draft and isinstance(image, JpegImagePlugin.JpegImageFile):
-                _draft(image, cfg)
-            image.load()
-            return _upright_rgb(image)
-        except (ClipServeError, MemoryError):
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageTooLargeError(f"image is too large: {exc}") from exc
-        except Exception as exc:
-            raise InvalidImageError(f"image is truncated or corrupt: {exc}") from exc
+    return _decode(data, cfg)[0]
 
 
 def load_image(source: ImageInput, cfg: PreprocessConfig) -> Image.Image:
@@ -220,18 +198,7 @@ def load_image(source: ImageInput, cfg: PreprocessConfig) -> Image.Image:
 
         image = load_image("photos/cat.jpg", PreprocessConfig())
     """
-    if isinstance(source, bytes | bytearray | memoryview):
-        return decode_image(source, cfg)
-    if isinstance(source, str | os.PathLike):
-        return decode_image(_read_file(source), cfg)
-    if isinstance(source, Image.Image):
-        return _pil_to_rgb(source, cfg)
-    if isinstance(source, np.ndarray):
-        return _array_to_rgb(source, cfg)
-    raise InvalidInputError(
-        f"unsupported image input of type {type(source).__name__}: expected bytes, a path, "
-        "a PIL image or a uint8 numpy array"
-    )
+    return _load(source, cfg)[0]
 
 
 def to_pixel_values(image: Image.Image, cfg: PreprocessConfig) -> npt.NDArray[np.float32]:
@@ -249,16 +216,14 @@ def to_pixel_values(image: Image.Image, cfg: PreprocessConfig) -> npt.NDArray[np
 
         pixels = to_pixel_values(Image.new("RGB", (640, 480)), PreprocessConfig())
     """
-    if image.mode != "RGB":
-        image = _to_rgb(image)
-    return _normalize(_resize_center_crop(image, cfg.resize_size, cfg.image_size), cfg)
+    return _pixel_values(image, None, cfg)
 
 
 def preprocess(source: ImageInput, cfg: PreprocessConfig) -> npt.NDArray[np.float32]:
     """Decode (if needed) and preprocess one image into model input.
 
-    ``load_image`` followed by ``to_pixel_values``; see those for the accepted inputs and
-    the errors raised.
+    :func:`load_image` followed by :func:`to_pixel_values`; see those for the accepted
+    inputs and the errors raised.
 
     Args:
         source: Encoded bytes, a file path, a PIL image or a uint8 array.
@@ -271,7 +236,86 @@ def preprocess(source: ImageInput, cfg: PreprocessConfig) -> npt.NDArray[np.floa
 
         batch = np.stack([preprocess(data, cfg) for data in uploads])
     """
-    return to_pixel_values(load_image(source, cfg), cfg)
+    image, drafted = _load(source, cfg)
+    return _pixel_values(image, drafted, cfg)
+
+
+@dataclass(frozen=True)
+class _Drafted:
+    """Where the picture lies in a JPEG decoded at reduced scale.
+
+    ``box`` is the region of the decoded (upright) image that the full-resolution picture
+    maps to, ``size`` that picture's upright size: libjpeg rounds scaled sides up, so the
+    last row or column of the decoded image may cover less than a whole pixel.
+    """
+
+    box: tuple[float, float, float, float]
+    size: tuple[int, int]
+
+
+def _load(source: ImageInput, cfg: PreprocessConfig) -> tuple[Image.Image, _Drafted | None]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _decode(source, cfg)
+    if isinstance(source, str | os.PathLike):
+        return _decode(_read_file(source), cfg)
+    if isinstance(source, Image.Image):
+        return _pil_to_rgb(source, cfg), None
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, cfg), None
+    raise InvalidInputError(
+        f"unsupported image input of type {type(source).__name__}: expected bytes, a path, "
+        "a PIL image or a uint8 numpy array"
+    )
+
+
+def _decode(
+    data: bytes | bytearray | memoryview, cfg: PreprocessConfig
+) -> tuple[Image.Image, _Drafted | None]:
+    size = memoryview(data).nbytes
+    if size == 0:
+        raise InvalidImageError("image data is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError(
+            f"cannot identify image format ({size} bytes, not an image file Pillow can read)"
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image is too large: {exc}") from exc
+    except Exception as exc:
+        raise InvalidImageError(f"image header is corrupt: {exc}") from exc
+    with image:
+        if image.format in _REFUSED_FORMATS:
+            raise InvalidImageError(f"unsupported image format: {image.format}")
+        _check_pixels(image.size, cfg)
+        try:
+            return _decode_pixels(image, cfg)
+        except (ClipServeError, MemoryError):
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageTooLargeError(f"image is too large: {exc}") from exc
+        except Exception as exc:
+            raise InvalidImageError(f"image is truncated or corrupt: {exc}") from exc
+
+
+def _decode_pixels(
+    image: ImageFile.ImageFile, cfg: PreprocessConfig
+) -> tuple[Image.Image, _Drafted | None]:
+    full_size = image.size
+    scale = 1
+    if cfg.jpeg_draft and isinstance(image, JpegImagePlugin.JpegImageFile):
+        scale = _draft(image, cfg)
+    image.load()
+    orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    decoded_size = image.size
+    ImageOps.exif_transpose(image, in_place=True)
+    rgb = _to_rgb(image)
+    if scale == 1:
+        return rgb, None
+    content = (full_size[0] / scale, full_size[1] / scale)
+    box = _upright_box(orientation, decoded_size, content)
+    swapped = orientation in (5, 6, 7, 8)
+    return rgb, _Drafted(box, (full_size[1], full_size[0]) if swapped else full_size)
 
 
 def _check_pixels(size: tuple[int, int], cfg: PreprocessConfig) -> None:
@@ -285,22 +329,35 @@ def _check_pixels(size: tuple[int, int], cfg: PreprocessConfig) -> None:
         )
 
 
-def _draft(image: JpegImagePlugin.JpegImageFile, cfg: PreprocessConfig) -> None:
+def _draft(image: JpegImagePlugin.JpegImageFile, cfg: PreprocessConfig) -> int:
+    """Ask libjpeg for DCT-domain downscaling; returns the scale it will decode at."""
     width, height = image.size
-    shortest = min(width, height)
     for scale in _DRAFT_SCALES:
-        # libjpeg rounds scaled dimensions up.
-        if -(-shortest // scale) >= cfg.draft_factor * cfg.resize_size:
-            # Pillow picks the largest scale <= min(w // req_w, h // req_h); for
-            # req = size // scale that is exactly ``scale``.
+        # libjpeg rounds scaled sides up.
+        if -(-min(width, height) // scale) >= cfg.draft_factor * cfg.resize_size:
+            # Pillow picks the largest scale <= min(w // req_w, h // req_h), which for
+            # req = size // scale is ``scale`` itself.
             image.draft(image.mode, (width // scale, height // scale))
-            return
+            return scale if image.size == (-(-width // scale), -(-height // scale)) else 1
+    return 1
 
 
-def _upright_rgb(image: Image.Image) -> Image.Image:
-    """EXIF-transpose a freshly decoded image in place, then convert it to RGB."""
-    ImageOps.exif_transpose(image, in_place=True)
-    return _to_rgb(image)
+def _upright_box(
+    orientation: int, decoded: tuple[int, int], content: tuple[float, float]
+) -> tuple[float, float, float, float]:
+    """Where ``content`` (the top-left part of the stored image) lands after the transpose
+    that EXIF ``orientation`` calls for; partial pixels move with their edge."""
+    (width, height), (right, bottom) = decoded, content
+    boxes = {
+        2: (width - right, 0.0, float(width), bottom),  # mirrored left-right
+        3: (width - right, height - bottom, float(width), float(height)),  # rotated 180
+        4: (0.0, height - bottom, right, float(height)),  # mirrored top-bottom
+        5: (0.0, 0.0, bottom, right),  # transposed
+        6: (height - bottom, 0.0, float(height), right),  # rotated 90 clockwise
+        7: (height - bottom, width - right, float(height), float(width)),  # transversed
+        8: (0.0, width - right, bottom, float(width)),  # rotated 90 counter-clockwise
+    }
+    return boxes.get(orientation, (0.0, 0.0, right, bottom))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -365,29 +422,63 @@ def _crop_window(resized: int, crop: int) -> tuple[int, int, int]:
     return 0, resized, (crop - resized + 1) // 2
 
 
-def _resize_center_crop(image: Image.Image, resize_size: int, crop: int) -> npt.NDArray[np.uint8]:
-    size = _resized_size(image.width, image.height, resize_size)
-    if max(size) <= _FULL_RESIZE_MAX_ASPECT * min(size):
-        # The reference's own call: exact by construction, whatever Pillow does inside.
-        resized = np.asarray(image.resize(size, Image.Resampling.BICUBIC))
-    else:
-        resized = _resize_by_axis(image, size, crop)
-    rows = _crop_window(size[1], crop)
-    cols = _crop_window(size[0], crop)
-    if size != (resized.shape[1], resized.shape[0]):
-        # _resize_by_axis already dropped what the crop drops.
-        rows, cols = (0, rows[1], rows[2]), (0, cols[1], cols[2])
-    kept = resized[rows[0] : rows[0] + rows[1], cols[0] : cols[0] + cols[1]]
+def _pixel_values(
+    image: Image.Image, drafted: _Drafted | None, cfg: PreprocessConfig
+) -> npt.NDArray[np.float32]:
+    if image.mode != "RGB":
+        image = _to_rgb(image)
+    crop = cfg.image_size
+    if drafted is None:
+        size = _resized_size(image.width, image.height, cfg.resize_size)
+        if max(size) <= _FULL_RESIZE_MAX_ASPECT * min(size):
+            # The reference's own call: exact by construction, whatever Pillow does inside.
+            resized = np.asarray(image.resize(size, Image.Resampling.BICUBIC))
+            return _normalize(_center_crop(resized, crop, kept_only=False), cfg)
+        return _normalize(_center_crop(_resize_by_axis(image, size, crop), crop), cfg)
+    return _normalize(_resize_region(image, drafted, cfg.resize_size, crop), cfg)
+
+
+def _center_crop(
+    resized: npt.NDArray[np.uint8], crop: int, kept_only: bool = True
+) -> npt.NDArray[np.uint8]:
+    """transformers' center_crop of ``resized`` (or, with ``kept_only``, of the resized
+    image whose kept part ``resized`` already is)."""
+    rows = _crop_window(resized.shape[0], crop)
+    cols = _crop_window(resized.shape[1], crop)
+    if not kept_only:
+        resized = resized[rows[0] : rows[0] + rows[1], cols[0] : cols[0] + cols[1]]
+    return _pad(resized, rows[2], cols[2], crop)
+
+
+def _pad(kept: npt.NDArray[np.uint8], top: int, left: int, crop: int) -> npt.NDArray[np.uint8]:
     if kept.shape[:2] == (crop, crop):
         return kept
     canvas = np.zeros((crop, crop, 3), dtype=np.uint8)
-    canvas[rows[2] : rows[2] + rows[1], cols[2] : cols[2] + cols[1]] = kept
+    canvas[top : top + kept.shape[0], left : left + kept.shape[1]] = kept
     return canvas
 
 
-def _resize_by_axis(
-    image: Image.Image, size: tuple[int, int], crop: int
+def _resize_region(
+    image: Image.Image, drafted: _Drafted, resize_size: int, crop: int
 ) -> npt.NDArray[np.uint8]:
+    """Resize + center crop with the geometry of the full-resolution picture, resampling
+    only the part of the draft-decoded image that survives the crop."""
+    width, height = _resized_size(*drafted.size, resize_size)
+    top, rows, pad_top = _crop_window(height, crop)
+    left, cols, pad_left = _crop_window(width, crop)
+    x0, y0, x1, y1 = drafted.box
+    per_col, per_row = (x1 - x0) / width, (y1 - y0) / height
+    box = (
+        x0 + left * per_col,
+        y0 + top * per_row,
+        min(x0 + (left + cols) * per_col, image.width),
+        min(y0 + (top + rows) * per_row, image.height),
+    )
+    kept = np.asarray(image.resize((cols, rows), Image.Resampling.BICUBIC, box=box))
+    return _pad(kept, pad_top, pad_left, crop)
+
+
+def _resize_by_axis(image: Image.Image, size: tuple[int, int], crop: int) -> npt.NDArray[np.uint8]:
     """The kept part of a two-pass resize of a very elongated image, one axis at a time.
 
     The reference resizes e.g. a 3x4000 image to 224x298666 and then crops. Each pass here

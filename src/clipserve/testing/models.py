@@ -85,6 +85,7 @@ class TinyRecipe:
     train_items: int = 48 * 100
     render_size: int = 128
     word_probability: float = 0.5
+    caption_words: bool = False
     steps: int = 260
     batch_size: int = 128
     learning_rate: float = 2e-3
@@ -311,11 +312,12 @@ def _training_data(torch: Any, recipe: TinyRecipe) -> _TrainingData:
         word_probability=recipe.word_probability,
         size=recipe.render_size,
     )
-    captions = _training_captions(items)
+    descriptions = [_descriptions(item, recipe.caption_words) for item in items]
+    captions = _training_captions(descriptions)
     index = {caption: i for i, caption in enumerate(captions)}
     matches = np.zeros((len(items), len(captions)), dtype=np.float32)
-    for n, item in enumerate(items):
-        for caption in _descriptions(item):
+    for n, described in enumerate(descriptions):
+        for caption in described:
             matches[n, index[caption]] = 1.0
     return _TrainingData(
         pixels=torch.from_numpy(_pixels(items, recipe.image_size)),
@@ -324,13 +326,15 @@ def _training_data(torch: Any, recipe: TinyRecipe) -> _TrainingData:
     )
 
 
-def _descriptions(item: SyntheticItem) -> list[str]:
-    """The captions that truly describe ``item``: its class caption, and with its word if any."""
-    return [item.caption] if item.word is None else [item.caption, item.caption_with_word]
+def _descriptions(item: SyntheticItem, caption_words: bool) -> list[str]:
+    """Training captions true of ``item``: its class caption, and with its word if captioned."""
+    if caption_words and item.word is not None:
+        return [item.caption, item.caption_with_word]
+    return [item.caption]
 
 
-def _training_captions(items: Sequence[SyntheticItem]) -> list[str]:
-    extra = sorted({c for item in items for c in _descriptions(item)} - set(class_captions()))
+def _training_captions(descriptions: Sequence[Sequence[str]]) -> list[str]:
+    extra = sorted({c for described in descriptions for c in described} - set(class_captions()))
     return class_captions() + extra
 
 

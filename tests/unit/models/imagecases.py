@@ -50,9 +50,7 @@ def synthetic(width: int, height: int, seed: int = 0, noise: float = 24.0) -> Im
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     u = x / max(width - 1, 1)
     v = y / max(height - 1, 1)
-    base = np.stack(
-        [255 * u, 255 * v, 127.5 + 127.5 * np.sin(6.28 * (u + v) * 3)], axis=-1
-    )
+    base = np.stack([255 * u, 255 * v, 127.5 + 127.5 * np.sin(6.28 * (u + v) * 3)], axis=-1)
     stripes = ((x // max(width // 16, 1) + y // max(height // 12, 1)) % 2)[..., None] * 40.0
     pixels = base + stripes + rng.normal(0.0, noise, (height, width, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
@@ -97,9 +95,7 @@ def _animated(fmt: str, transparency: bool = False) -> bytes:
         options: dict[str, Any] = {"duration": 80, "loop": 0}
         if transparency:
             options["transparency"] = 0
-        return encode(
-            palettised[0], "GIF", save_all=True, append_images=palettised[1:], **options
-        )
+        return encode(palettised[0], "GIF", save_all=True, append_images=palettised[1:], **options)
     return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=80)
 
 
