@@ -12,12 +12,17 @@ The pipeline reproduces the reference — transformers' PIL-backed ``CLIPImagePr
    ``(resized - crop) // 2``, zero padding when the crop is larger than the image);
 4. scale to [0, 1] and normalise with the model's mean and std, in float32.
 
-Two shortcuts keep it cheap without changing the result. Step 3 resamples only the region that
-survives the crop: ``Image.resize(..., box=...)`` with the crop box expressed in source
-coordinates evaluates the same filter taps as resizing the whole image and cropping
-afterwards. And JPEGs are decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``) when the decoded
-image still has ``draft_factor`` times the pixels the resize needs; that one is an
-approximation, bounded by measurement (see :class:`PreprocessConfig`).
+Without JPEG draft decoding the output equals the reference's bit for bit. For ordinary
+aspect ratios that means making the reference's own ``Image.resize`` call and cropping after
+it: a ``box=`` resize of just the crop is not equivalent in Pillow 13 (box coordinates are
+float32, and which of the two passes runs first depends on the box). Very elongated images,
+whose full resize the reference makes huge (3x4000 becomes 224x298666), are resized one axis
+at a time with the crop applied between the passes, reproducing each pass exactly.
+
+JPEGs are decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``) while the decoded shortest side
+stays at least ``draft_factor`` times ``resize_size``; then only the part of the decoded image
+that survives the crop is resampled, with the geometry of the full-resolution picture. That
+path is an approximation, bounded by measurement (see :class:`PreprocessConfig`).
 
 Example::
 
@@ -85,14 +90,17 @@ class PreprocessConfig:
         draft_factor: Draft only while the decoded shortest side stays at least this many
             times ``resize_size``.
 
-    The default ``draft_factor`` was chosen by measurement (tests/unit/models/
-    test_preprocess.py prints it): embeddings of a random-initialised ViT-B/32 for 26
-    JPEGs (8 skimage photos at 1000-4000 px, 3 synthetic textures, all 8 EXIF orientations
-    of a 2000x1500 photo, sizes that are not multiples of 8), compared by cosine with the
-    reference's full decode. Minimum cosine over the set, by factor:
-    1.0 -> 0.99979 (1/8 scale reachable at 1792 px), 1.5 -> 0.99995, 2.0 -> 0.99998,
-    3.0 -> 0.999995. 2.0 is the most aggressive factor that keeps a margin over 0.99995;
-    it decodes a 1920x1280 JPEG at 1/2 scale and a 4000x3000 one at 1/4.
+    The default ``draft_factor`` is measured: cosine between embeddings of a random-initialised
+    ViT-B/32 (``CLIPModel(CLIPConfig())``, seed 0) for our pixels and the reference's (full
+    decode). Minimum over 24 JPEGs (8 skimage photos upscaled to 1001-4000 px, textures, odd
+    sizes, EXIF orientations, decoded sides just above the threshold):
+    0.75 -> 0.999974, 1.0 -> 0.999974, 1.25 -> 0.999997, 2.0 -> 0.999999; over 80 JPEGs
+    sized so the decoded shortest side lands just above 224: 1.0 -> 0.999974 (a sharp
+    greyscale photo decoded at 225 px), 1.25 -> 0.999994. Sweeping the decoded side at 1/2,
+    1/4 and 1/8 scale: 0.75x224 -> 0.99992, 0.875x -> 0.99996, 1.0x-1.06x -> 0.99998 and
+    above. Below 1.0 the reduced image gets upsampled and the minimum falls, so 1.0 is the
+    most aggressive factor that keeps a margin (>= 0.99995; the bound is 0.9999). It decodes
+    a 1920x1280 JPEG at 1/4 scale (480x320) and a 4000x3000 one at 1/8 (500x375).
     """
 
     image_size: int = 224
@@ -101,7 +109,15 @@ class PreprocessConfig:
     std: tuple[float, float, float] = OPENAI_STD
     max_pixels: int = 50_000_000
     jpeg_draft: bool = True
-    draft_factor: float = 2.0
+    draft_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if min(self.image_size, self.resize_size, self.max_pixels) <= 0:
+            raise ValueError(f"sizes and max_pixels must be positive: {self}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values, std positive: {self}")
+        if self.draft_factor <= 0:
+            raise ValueError(f"draft_factor must be positive: {self.draft_factor}")
 
     @classmethod
     def from_hf_dir(cls, directory: Path | str, **overrides: Any) -> PreprocessConfig:
@@ -109,9 +125,8 @@ class PreprocessConfig:
 
         Uses ``preprocessor_config.json`` (``crop_size`` and ``size`` either as
         ``{"height": ..., "width": ...}`` / ``{"shortest_edge": ...}`` or as plain ints,
-        ``image_mean``, ``image_std``); without it, ``config.json``'s
-        ``vision_config.image_size`` gives both sizes; anything missing keeps the OpenAI
-        defaults.
+        ``image_mean``, ``image_std``); sizes it does not give come from ``config.json``'s
+        ``vision_config.image_size``; anything else missing keeps the OpenAI defaults.
 
         Args:
             directory: The checkpoint directory.
@@ -130,14 +145,12 @@ class PreprocessConfig:
         """
         directory = Path(directory)
         values: dict[str, Any] = {}
+        vision = (_read_json(directory / "config.json") or {}).get("vision_config")
+        if isinstance(vision, dict) and isinstance(vision.get("image_size"), int):
+            values["image_size"] = values["resize_size"] = vision["image_size"]
         processor = _read_json(directory / "preprocessor_config.json")
         if processor is not None:
             values.update(_from_processor_config(processor))
-        else:
-            model = _read_json(directory / "config.json")
-            vision = (model or {}).get("vision_config") or {}
-            if isinstance(vision.get("image_size"), int):
-                values["image_size"] = values["resize_size"] = vision["image_size"]
         known = {field.name for field in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
@@ -282,8 +295,10 @@ def _decode(
         ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image is too large: {exc}") from exc
+    except MemoryError:
+        raise
     except Exception as exc:
-        raise InvalidImageError(f"image header is corrupt: {exc}") from exc
+        raise InvalidImageError(f"image is truncated or corrupt: {exc}") from exc
     with image:
         if image.format in _REFUSED_FORMATS:
             raise InvalidImageError(f"unsupported image format: {image.format}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
@@ -110,26 +110,35 @@ def _rgb_trns() -> Image.Image:
     return image
 
 
-def parity_cases() -> list[Case]:
-    """Every size, aspect, mode, format and orientation the reference must match on."""
-    builders: list[tuple[str, Callable[[], bytes]]] = []
+def _synthetic_png(width: int, height: int, seed: int) -> bytes:
+    return encode(synthetic(width, height, seed), "PNG")
+
+
+def _photo_jpeg(name: str) -> bytes:
+    return encode(photo(name), "JPEG", quality=90)
+
+
+def _oriented_rocket(orientation: int) -> bytes:
+    return with_orientation(upscaled_photo("rocket", 320, 200), orientation)
+
+
+def _parity_builders() -> dict[str, Callable[[], bytes]]:
+    builders: dict[str, Callable[[], bytes]] = {}
 
     def add(name: str, build: Callable[[], bytes]) -> None:
-        builders.append((name, build))
+        builders[name] = build
 
     for w, h in [
         (1, 1), (2, 3), (7, 5), (223, 224), (224, 224), (225, 224), (224, 300), (300, 224),
-        (640, 480), (1000, 667), (333, 1001), (1920, 1280),
+        (640, 480), (1000, 667), (333, 1001), (1920, 1280), (500, 1100),
     ]:  # fmt: skip
-        add(f"png-rgb-{w}x{h}", lambda w=w, h=h: encode(synthetic(w, h, w + h), "PNG"))
-    for w, h in [(1, 1000), (1000, 1), (4000, 3), (3, 4000), (3000, 7)]:
-        add(f"png-extreme-{w}x{h}", lambda w=w, h=h: encode(synthetic(w, h, 3), "PNG"))
+        add(f"png-rgb-{w}x{h}", partial(_synthetic_png, w, h, w + h))
+    # Elongated: the reference's resize gets huge (3x4000 -> 224x298666); both pass orders.
+    for w, h in [(1, 1000), (4000, 3), (3, 4000), (5, 600), (2400, 240), (240, 2400)]:
+        add(f"png-extreme-{w}x{h}", partial(_synthetic_png, w, h, 3))
     for name in PHOTO_NAMES:
-        add(f"jpeg-photo-{name}", lambda name=name: encode(photo(name), "JPEG", quality=90))
-    add(
-        "jpeg-4000x3000",
-        lambda: encode(upscaled_photo("coffee", 4000, 3000), "JPEG", quality=85),
-    )
+        add(f"jpeg-photo-{name}", partial(_photo_jpeg, name))
+    add("jpeg-4000x3000", lambda: encode(upscaled_photo("coffee", 4000, 3000), "JPEG", quality=85))
     add("png-rgba", lambda: encode(_rgba(301, 203, 1), "PNG"))
     add("png-la", lambda: encode(_rgba(150, 260, 2).convert("LA"), "PNG"))
     add("png-l", lambda: encode(synthetic(260, 150, 3).convert("L"), "PNG"))
@@ -156,26 +165,51 @@ def parity_cases() -> list[Case]:
     add("tiff-cmyk", lambda: encode(synthetic(310, 230, 15).convert("CMYK"), "TIFF"))
     add("tiff-i16", lambda: encode(_i16(170, 230), "TIFF"))
     for orientation in range(1, 9):
-        add(
-            f"jpeg-exif-orientation-{orientation}",
-            lambda o=orientation: with_orientation(upscaled_photo("rocket", 320, 200), o),
-        )
-    return [Case(name, build()) for name, build in builders]
+        add(f"jpeg-exif-orientation-{orientation}", partial(_oriented_rocket, orientation))
+    return builders
 
 
-def draft_cases() -> list[Case]:
-    """Large JPEGs where DCT-domain downscaling engages (plus odd, non-multiple-of-8 sizes)."""
+_PARITY = _parity_builders()
+PARITY_CASES = tuple(_PARITY)
+"""Names of every size, aspect, mode, format and orientation the reference must match on."""
+
+
+@cache
+def parity_case(name: str) -> bytes:
+    """The encoded file of one of :data:`PARITY_CASES` (built once)."""
+    return _PARITY[name]()
+
+
+def orientation_case(orientation: int) -> bytes:
+    """A sharp 1354x902 JPEG with an EXIF orientation: decoded at 1/4 scale it is 339x226
+    with half a pixel of padding on the right and bottom, which each transpose moves."""
+    return with_orientation(_sharp_photo(), orientation, quality=92)
+
+
+@cache
+def _sharp_photo() -> Image.Image:
+    return upscaled_photo("camera", 1354, 902)
+
+
+@cache
+def draft_cases() -> tuple[Case, ...]:
+    """Large JPEGs where DCT-domain downscaling engages, incl. its worst geometries."""
     cases: list[Case] = []
     sizes = [(1920, 1280), (4000, 3000), (1280, 1920), (1001, 1503), (2047, 1365)]
     for index, name in enumerate(PHOTO_NAMES):
         w, h = sizes[index % len(sizes)]
         image = upscaled_photo(name, w, h)
         cases.append(Case(f"{name}-{w}x{h}", encode(image, "JPEG", quality=90)))
-    for seed, (w, h) in enumerate([(1920, 1280), (3000, 4000), (1799, 1201)]):
+    for seed, (w, h) in enumerate([(3000, 4000), (1799, 1201)]):
         texture = synthetic(w, h, seed, noise=12.0)
         cases.append(Case(f"texture-{w}x{h}", encode(texture, "JPEG", quality=90)))
-    big = upscaled_photo("astronaut", 2000, 1500)
-    for orientation in range(1, 9):
-        data = with_orientation(big, orientation, quality=90)
-        cases.append(Case(f"astronaut-2000x1500-orientation-{orientation}", data))
-    return cases
+    # Decoded shortest side just above the resize size: the least margin in measurements.
+    worst = upscaled_photo("camera", 1800, 2700)
+    cases.append(Case("camera-1800x2700", encode(worst, "JPEG", quality=90)))
+    partial = upscaled_photo("immunohistochemistry", 902, 1354)
+    cases.append(Case("immunohistochemistry-902x1354", encode(partial, "JPEG", quality=90)))
+    for orientation in (3, 6):
+        cases.append(
+            Case(f"camera-1354x902-orientation-{orientation}", orientation_case(orientation))
+        )
+    return tuple(cases)
