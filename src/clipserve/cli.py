@@ -137,5 +137,13 @@ def export(model: str, precision: str) -> None:
     click.echo(json.dumps({"model": name, "directory": str(directory), **meta.to_json()}, indent=2))
 
 
+def _register_server() -> None:
+    from clipserve.server.cli import serve
+
+    main.add_command(serve)
+
+
+_register_server()
+
 if __name__ == "__main__":
     main()

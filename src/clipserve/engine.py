@@ -322,13 +322,15 @@ class Engine:
         out = np.empty((len(items), self.model(model).embed_dim), np.float32)
         jobs = []
         if text_at:
-            jobs.append(self.aencode_texts([items[i] for i in text_at], model=model))
+            texts = [items[i] for i in text_at]
+            jobs.append(self.aencode_texts(texts, model=model, normalize=normalize))
         if image_at:
-            jobs.append(self.aencode_images([items[i] for i in image_at], model=model))
+            images = [items[i] for i in image_at]
+            jobs.append(self.aencode_images(images, model=model, normalize=normalize))
         results = await asyncio.gather(*jobs)
         for positions, rows in zip([p for p in (text_at, image_at) if p], results, strict=True):
             out[positions] = rows
-        return _finish(out, normalize)
+        return out
 
     async def arank(
         self, query: Item, candidates: Sequence[Item], *, model: str | None = None

@@ -1,0 +1,17 @@
+"""The native HTTP API's routers, one per resource; :data:`ROUTERS` is what the app mounts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from clipserve.server.routes import classify, encode, health, models, rank
+
+ROUTERS: tuple[APIRouter, ...] = (
+    encode.router,
+    rank.router,
+    classify.router,
+    models.router,
+    health.router,
+)
+
+__all__ = ["ROUTERS"]
