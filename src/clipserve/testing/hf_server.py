@@ -44,12 +44,14 @@ LFS_SUFFIXES = frozenset(
 #: Files at least this large are stored with LFS whatever their suffix.
 LFS_MIN_SIZE = 10 * 1024 * 1024
 
+# Version-control and huggingface_hub local-dir metadata are not repo files.
+_IGNORED_DIRS = frozenset({".git", ".cache"})
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 _CHUNK = 1 << 20
 _TIMESTAMP = "2024-01-01T00:00:00.000Z"
 # huggingface_hub fetches this registry (for its user agent) once a day; an empty one is valid.
-_EMPTY_AGENT_REGISTRY = {"standardEnvVars": [], "harnesses": {}}
+_EMPTY_AGENT_REGISTRY: dict[str, object] = {"standardEnvVars": [], "harnesses": {}}
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ def _load_repo(repo_id: str, directory: Path, revision_sha: str | None) -> Repo:
     files = {
         p.relative_to(directory).as_posix(): _hash_file(p, p.relative_to(directory).as_posix())
         for p in sorted(directory.rglob("*"))
-        if p.is_file()
+        if p.is_file() and not _IGNORED_DIRS.intersection(p.relative_to(directory).parts[:-1])
     }
     digest = hashlib.sha1(repo_id.encode(), usedforsecurity=False)
     for f in files.values():

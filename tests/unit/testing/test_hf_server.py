@@ -105,7 +105,9 @@ def test_snapshot_download_fetches_every_file_byte_identical(
     result = run_client(SNAPSHOT, url, tmp_path / "hf")
     snapshot = Path(str(result["path"]))
     assert snapshot.name == SHA
-    expected = sorted(p.relative_to(repo_dir).as_posix() for p in repo_dir.rglob("*") if p.is_file())
+    expected = sorted(
+        p.relative_to(repo_dir).as_posix() for p in repo_dir.rglob("*") if p.is_file()
+    )
     got = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
     assert got == expected
     for name in expected:
