@@ -52,7 +52,7 @@ from clipserve.testing.synthetic import SyntheticItem, class_captions, make_data
 CACHE_ENV = "CLIPSERVE_TEST_CACHE"
 #: Versioned directory names: bump the suffix when a builder's output changes.
 RANDOM_VIT_B32_NAME = "random-vit-b32-v1"
-TINY_CLIP_NAME = "tiny-clip-v1"
+TINY_CLIP_NAME = "tiny-clip-v2"
 #: File written last into a finished model directory.
 MARKER_FILE = "BUILD_COMPLETE.json"
 #: Training summary of the tiny model.
@@ -75,24 +75,29 @@ class TinyRecipe:
     """Architecture and training schedule of the tiny CLIP (part of its cache version)."""
 
     image_size: int = 64
-    patch_size: int = 16
-    vision_width: int = 128
-    vision_layers: int = 4
-    text_width: int = 128
-    text_layers: int = 3
+    # Small patches: with 16-pixel ones the tiny ViT learns colours at once but shapes slowly.
+    patch_size: int = 8
+    vision_width: int = 64
+    vision_layers: int = 3
+    text_width: int = 64
+    text_layers: int = 2
     heads: int = 4
     projection_dim: int = 64
-    train_items: int = 48 * 100
+    train_items: int = 3200
     render_size: int = 128
-    word_probability: float = 0.5
+    # Drawn words made the shapes much slower to learn within the time budget; they stay
+    # available in the synthetic world but are off in training.
+    word_probability: float = 0.0
     caption_words: bool = False
-    steps: int = 260
-    batch_size: int = 128
-    learning_rate: float = 2e-3
+    # Measured on this 2-core machine (one thread, the other core busy): 800 steps at 2e-3
+    # reached 0.906 held-out top-1, 1,400 steps at 3e-3 reached 1.0.
+    steps: int = 1200
+    batch_size: int = 64
+    learning_rate: float = 3e-3
     warmup_steps: int = 20
     weight_decay: float = 0.05
     seed: int = 0
-    eval_items: int = 480
+    eval_items: int = 320
     eval_seed: int = 1_000_003
     threads: int = 2
 
@@ -339,25 +344,11 @@ def _training_captions(descriptions: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _pixels(items: Sequence[SyntheticItem], image_size: int) -> npt.NDArray[np.float32]:
-    return np.stack([_preprocess(item, image_size) for item in items]).astype(np.float32)
+    """The model input of each item, through the product's own preprocessing."""
+    from clipserve.models.preprocess import PreprocessConfig, preprocess
 
-
-def _preprocess(item: SyntheticItem, image_size: int) -> npt.NDArray[np.float32]:
-    try:
-        from clipserve.models.preprocess import PreprocessConfig, preprocess
-    except ImportError:
-        return _fallback_preprocess(item, image_size)
     cfg = PreprocessConfig(image_size=image_size, resize_size=image_size)
-    return np.asarray(preprocess(item.image, cfg), dtype=np.float32)
-
-
-def _fallback_preprocess(item: SyntheticItem, image_size: int) -> npt.NDArray[np.float32]:
-    from PIL import Image
-
-    image = item.image.resize((image_size, image_size), Image.Resampling.BICUBIC)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.array(IMAGE_MEAN, np.float32)) / np.array(IMAGE_STD, np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return np.stack([preprocess(item.image, cfg) for item in items]).astype(np.float32)
 
 
 def _token_ids(captions: Sequence[str]) -> npt.NDArray[np.int64]:
