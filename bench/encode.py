@@ -158,7 +158,7 @@ def reference_figures(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--texts", type=int, default=1024)
+    parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32, help="reference pipeline batch size")
     args = parser.parse_args()
@@ -167,7 +167,10 @@ def main() -> None:
     limit = gflops / VIT_B32_GFLOP_PER_IMAGE
     model_dir = ensure_random_vit_b32()
     jpegs = make_jpegs(args.images)
-    texts = {"short": [SHORT_PROMPTS[i % 8] for i in range(args.texts)], "mixed": captions(512)}
+    texts = {
+        "short": [SHORT_PROMPTS[i % 8] for i in range(args.texts)],
+        "mixed": captions(args.texts // 2),
+    }
     cache = Path(os.environ.get("CLIPSERVE_BENCH_CACHE", tempfile.gettempdir())) / "clipserve-bench"
     ours = clipserve_figures(model_dir, jpegs, texts, args.repeat, cache)
     reference = reference_figures(model_dir, jpegs, texts, args.repeat, args.batch)
