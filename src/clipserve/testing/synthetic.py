@@ -1,9 +1,14 @@
 """A small synthetic world of coloured shapes and drawn words, for tests and benchmarks.
 
-Every image shows one shape of one colour at a random position, size and rotation, on a random
-light or dark background with mild noise; some images also carry a short word drawn as text.
+Every image shows one shape of one colour at a random position and size, on a random light or
+dark background with mild noise; on request an image also carries a short word drawn as text.
 Its caption names the colour and the shape (``"a photo of a red circle"``), so a CLIP model
 trained on it can be checked by zero-shot classification and text-to-image search.
+
+The variation is deliberately moderate (the shape stays near the centre, its size varies by
+about ±20 %, it stands upright; :data:`MAX_ROTATION_DEGREES` can turn it) and words are off
+by default: the tiny CLIP of :mod:`clipserve.testing.models` gets about a minute of CPU to
+learn this world, and a small ViT learns translation, scale and rotation invariance slowly.
 
 Pure PIL and numpy: no torch needed.
 

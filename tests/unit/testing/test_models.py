@@ -75,6 +75,26 @@ def test_tiny_clip_zero_shot_on_fresh_images(tiny_dir: Path) -> None:
     assert accuracy >= 0.95
 
 
+def test_tiny_clip_short_queries_find_their_shapes(tiny_dir: Path) -> None:
+    """Text-to-image search with a short query ("a red circle") returns that class first."""
+    model = transformers.CLIPModel.from_pretrained(tiny_dir).eval()
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(tiny_dir)
+    processor = transformers.CLIPImageProcessor.from_pretrained(tiny_dir)
+    items = make_dataset(4 * len(class_captions()), INDEPENDENT_SEED + 1)
+    queries = [caption.removeprefix("a photo of ") for caption in class_captions()]
+    text_inputs = tokenizer(queries, padding=True, return_tensors="pt")
+    pixels = processor(images=[item.image for item in items], return_tensors="pt")
+    with torch.no_grad():
+        texts = features(model.get_text_features(input_ids=text_inputs["input_ids"]))
+        images = features(model.get_image_features(pixel_values=pixels["pixel_values"]))
+    texts = torch.nn.functional.normalize(texts, dim=-1)
+    images = torch.nn.functional.normalize(images, dim=-1)
+    top = (texts @ images.T).topk(4, dim=1).indices.numpy()
+    labels = np.array([item.label for item in items])
+    precision = float((labels[top] == np.arange(len(queries))[:, None]).mean())
+    assert precision >= 0.9, queries
+
+
 def test_tiny_clip_has_the_clip_layout(tiny_dir: Path) -> None:
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "vocab.json"):
         assert (tiny_dir / name).is_file(), name
