@@ -1,0 +1,1 @@
+"""Generated gRPC modules of ``clip.proto`` (``clipserve.v1``); see ``scripts/gen_proto.py``."""
