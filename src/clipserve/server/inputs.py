@@ -69,6 +69,10 @@ class _Image:
 
 _Parsed = str | _Url | _Base64 | _Image
 
+#: Raw image file bytes (a WebSocket binary frame, a gRPC ``bytes`` field):
+#: ``resolve([ImageBytes(data)], ...)`` checks them like every other image input.
+ImageBytes = _Image
+
 
 @dataclass(frozen=True)
 class EncodeJob:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from clipserve.server.routes import classify, encode, health, models, rank
+from clipserve.server.routes import classify, encode, health, models, rank, stream
 
 ROUTERS: tuple[APIRouter, ...] = (
     encode.router,
@@ -12,6 +12,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     classify.router,
     models.router,
     health.router,
+    stream.router,
 )
 
 __all__ = ["ROUTERS"]
