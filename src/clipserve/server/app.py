@@ -16,6 +16,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 import clipserve
 from clipserve.engine import Engine
+from clipserve.server import compat
 from clipserve.server.errors import install_error_handlers
 from clipserve.server.fetch import UrlFetcher
 from clipserve.server.middleware import RequestBodyMiddleware, RequestContextMiddleware
@@ -64,6 +65,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app.state.clipserve = state
     install_error_handlers(app)
     for router in ROUTERS:
+        app.include_router(router)
+    for router in compat.enabled_routers(settings):
         app.include_router(router)
     # Added innermost first: request context (ids, logs, metrics) sees every answer,
     # including the 413s of the body limit and the compressed bodies of gzip.

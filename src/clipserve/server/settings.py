@@ -13,6 +13,9 @@ from clipserve.settings import Settings
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
+#: Names of the compatibility routers (``clipserve.server.compat``), for ``CLIPSERVE_COMPAT``.
+COMPAT_NAMES = ("bentoml", "clip_as_service", "photofield", "immich", "openai")
+
 
 def _split_commas(value: Any) -> Any:
     # Environment variables hold lists as "a,b,c" (NoDecode keeps pydantic-settings from
@@ -71,8 +74,35 @@ class ServerSettings(Settings):
     graceful_shutdown_seconds: int = Field(
         30, ge=1, description="On SIGTERM, how long in-flight requests may take to finish."
     )
+    compat: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(COMPAT_NAMES),
+        description=(
+            "Compatibility routers to mount (comma-separated): "
+            + ", ".join(COMPAT_NAMES)
+            + "; 'all' (default) or 'none'."
+        ),
+    )
 
     _split_lists = field_validator("api_keys", "url_allowlist", mode="before")(_split_commas)
+
+    @field_validator("compat", mode="before")
+    @classmethod
+    def _compat_names(cls, value: Any) -> Any:
+        names = _split_commas(value)
+        if not isinstance(names, list):
+            return names
+        names = [str(name).strip().lower().replace("-", "_") for name in names]
+        if names == ["all"]:
+            return list(COMPAT_NAMES)
+        if names in (["none"], []):
+            return []
+        unknown = [name for name in names if name not in COMPAT_NAMES]
+        if unknown:
+            raise ValueError(
+                f"unknown compat router(s) {', '.join(unknown)}: choose from "
+                f"{', '.join(COMPAT_NAMES)}, or 'all' or 'none'"
+            )
+        return names
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:

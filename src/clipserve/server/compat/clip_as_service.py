@@ -1,0 +1,224 @@
+"""clip-as-service over HTTP: ``POST /post`` with Jina's request envelope.
+
+``clip_client.Client("http://host:port")`` hands its documents to Jina's HTTP client, which
+posts ``{"header": {...}, "parameters": {...}, "exec_endpoint": "/encode", "data": [docs]}``
+to ``/post`` (``jina/clients/base/helper.py``: ``HTTPClientlet.send_message``; the README's
+curl examples spell it ``execEndpoint``). Documents are docarray's JSON form
+(``docarray/document/pydantic_model.py``): ``text``, ``blob`` (base64 bytes), ``uri``,
+``tags``, ``matches`` ... The answer is the same envelope, whose ``data`` the client reads back
+with ``DocumentArray.from_dict`` and the rest as a ``DataRequest``; so only the fields of
+Jina's request proto appear there.
+
+* any endpoint but ``/rank`` encodes (as the executor's default ``@requests`` handler does);
+  ``/encode/<model>`` picks a served model. Each document comes back as sent plus
+  ``embedding`` (unnormalised, as the executor's model returns it).
+* ``/rank`` (or ``/rank/<model>``): every document is a query and its ``matches`` the
+  candidates; the matches come back sorted by ``scores.clip_score.value`` (softmax of
+  ``logit_scale · cosine``) with ``scores.clip_score_cosine.value`` (the cosine).
+
+A document's image is its ``blob``, else its ``uri`` (a data URI, or an http(s) URL fetched
+under the server's URL rules — never a local path); else its ``text``. Errors keep the
+envelope, with ``header.status`` holding the message, and a 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from clipserve.engine import Engine, RankResult
+from clipserve.server.auth import RequireKey
+from clipserve.server.inputs import resolve, served_model
+from clipserve.server.schemas import EXAMPLE_PNG_B64, InputObject
+from clipserve.server.state import EngineDep, ServerState, StateDep
+
+from .common import image_reference
+from .errors import CompatError, CompatInputError, error_route
+
+#: jina's ``StatusProto.ERROR``.
+_STATUS_ERROR = 1
+_EXECUTOR = "clip_t"
+
+
+def render_error(error: CompatError) -> JSONResponse:
+    """Jina's envelope with an error status (its HTTP client raises on the 4xx)."""
+    status = {
+        "code": _STATUS_ERROR,
+        "description": error.message,
+        "exception": {"name": error.kind, "args": [error.message]},
+    }
+    return JSONResponse({"header": {"status": status}, "data": None}, error.status)
+
+
+router = APIRouter(
+    tags=["compat: clip-as-service"],
+    dependencies=[RequireKey],
+    route_class=error_route(render_error),
+)
+
+Doc = dict[str, Any]
+
+
+class JinaRequest(BaseModel):
+    """Jina's HTTP request envelope (fields the gateway reads; others are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    data: list[Doc] | dict[str, list[Doc]] = Field(description="Documents (or {'docs': [...]}).")
+    exec_endpoint: str | None = Field(None, alias="execEndpoint")
+    header: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Any] | None = None
+
+    def docs(self) -> list[Doc]:
+        """The documents, whichever way they were wrapped."""
+        return self.data.get("docs", []) if isinstance(self.data, dict) else self.data
+
+    def endpoint(self) -> str:
+        """The executor endpoint: the body's, else the header's, else ``/``."""
+        return self.exec_endpoint or str(self.header.get("exec_endpoint") or "/")
+
+
+_EXAMPLES = {
+    "encode": {
+        "summary": "Encode a text and an image",
+        "value": {
+            "data": [{"text": "a photo of a cat"}, {"blob": EXAMPLE_PNG_B64}],
+            "execEndpoint": "/",
+        },
+    },
+    "rank": {
+        "summary": "Rank texts against an image",
+        "value": {
+            "data": [
+                {
+                    "blob": EXAMPLE_PNG_B64,
+                    "matches": [{"text": "a red square"}, {"text": "a blue circle"}],
+                }
+            ],
+            "execEndpoint": "/rank",
+        },
+    },
+}
+_RESPONSES: dict[int | str, Any] = {
+    200: {
+        "content": {
+            "application/json": {
+                "example": {
+                    "header": {"request_id": "9f1c...", "exec_endpoint": "/"},
+                    "parameters": {},
+                    "routes": [{"executor": "gateway"}, {"executor": _EXECUTOR}],
+                    "data": [{"text": "a photo of a cat", "embedding": [0.12, -0.34]}],
+                }
+            }
+        }
+    },
+    400: {
+        "description": "Bad input",
+        "content": {
+            "application/json": {
+                "example": {
+                    "header": {
+                        "status": {
+                            "code": _STATUS_ERROR,
+                            "description": "data[0]: the document has no text, blob or uri",
+                        }
+                    },
+                    "data": None,
+                }
+            }
+        },
+    },
+}
+
+
+@router.post(
+    "/post",
+    summary="clip-as-service: encode or rank (Jina HTTP)",
+    responses=_RESPONSES,
+    openapi_extra={"requestBody": {"content": {"application/json": {"examples": _EXAMPLES}}}},
+)
+async def post(body: JinaRequest, engine: EngineDep, state: StateDep) -> JSONResponse:
+    """Encode documents, or rank each document's matches (``execEndpoint: "/rank"``)."""
+    started = _now()
+    endpoint = body.endpoint()
+    docs = body.docs()
+    if not docs:
+        raise CompatInputError("data: no documents", param="data")
+    if endpoint == "/rank" or endpoint.startswith("/rank/"):
+        model = served_model(state, endpoint.removeprefix("/rank").lstrip("/") or None)
+        data = await _rank(docs, model, engine, state)
+    else:
+        name = endpoint.removeprefix("/encode/") if endpoint.startswith("/encode/") else None
+        model = served_model(state, name)
+        data = await _encode(docs, model, engine, state)
+    header = {**body.header, "exec_endpoint": endpoint}
+    header.setdefault("request_id", uuid.uuid4().hex)
+    route = {"start_time": started, "end_time": _now()}
+    return JSONResponse(
+        {
+            "header": header,
+            "parameters": body.parameters or {},
+            "routes": [{"executor": "gateway", **route}, {"executor": _EXECUTOR, **route}],
+            "data": data,
+        }
+    )
+
+
+async def _encode(docs: list[Doc], model: str, engine: Engine, state: ServerState) -> list[Doc]:
+    raw = [_content(doc, f"data[{index}]") for index, doc in enumerate(docs)]
+    items = await resolve(raw, "data", state)
+    vectors = await engine.aencode(items, model=model, normalize=False)
+    return [{**doc, "embedding": row} for doc, row in zip(docs, vectors.tolist(), strict=True)]
+
+
+async def _rank(docs: list[Doc], model: str, engine: Engine, state: ServerState) -> list[Doc]:
+    jobs = []
+    for index, doc in enumerate(docs):
+        matches = doc.get("matches")
+        if not isinstance(matches, list) or not matches:
+            raise CompatInputError(f"data[{index}]: /rank needs documents with matches")
+        where = f"data[{index}]"
+        query = await resolve([_content(doc, where)], where, state)
+        candidates = [_content(match, f"{where}.matches[{k}]") for k, match in enumerate(matches)]
+        resolved = await resolve(candidates, f"{where}.matches", state)
+        jobs.append(engine.arank(query[0], resolved, model=model))
+    results = await asyncio.gather(*jobs)
+    return [_ranked(doc, result) for doc, result in zip(docs, results, strict=True)]
+
+
+def _ranked(doc: Doc, result: RankResult) -> Doc:
+    matches = doc["matches"]
+    ranked = []
+    for index in result.order():
+        scores = {
+            **(matches[index].get("scores") or {}),
+            "clip_score": {"value": float(result.probabilities[index]), "op_name": "softmax"},
+            "clip_score_cosine": {"value": float(result.cosines[index]), "op_name": "cosine"},
+        }
+        ranked.append({**matches[index], "scores": scores})
+    return {**doc, "matches": ranked}
+
+
+def _content(doc: Any, where: str) -> InputObject:
+    if not isinstance(doc, dict):
+        raise CompatInputError(f"{where}: a document must be a JSON object", param="data")
+    blob, uri, text = doc.get("blob"), doc.get("uri"), doc.get("text")
+    if isinstance(blob, str) and blob:
+        return InputObject(image=blob)
+    if isinstance(uri, str) and uri:
+        return image_reference(uri, f"{where}.uri")
+    if isinstance(text, str):
+        return InputObject(text=text)
+    if doc.get("tensor") is not None:
+        raise CompatInputError(f"{where}: tensor inputs are not supported; send blob or uri")
+    raise CompatInputError(f"{where}: the document has no text, blob or uri", param="data")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
