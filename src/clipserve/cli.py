@@ -137,13 +137,15 @@ def export(model: str, precision: str) -> None:
     click.echo(json.dumps({"model": name, "directory": str(directory), **meta.to_json()}, indent=2))
 
 
-def _register_server() -> None:
+def _register_commands() -> None:
+    from clipserve.embed.cli import embed
     from clipserve.server.cli import serve
 
     main.add_command(serve)
+    main.add_command(embed)
 
 
-_register_server()
+_register_commands()
 
 if __name__ == "__main__":
     main()
