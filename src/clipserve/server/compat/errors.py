@@ -94,8 +94,7 @@ def error_route(render: Render) -> type[APIRoute]:
                     error = to_compat_error(exc)
                     if error is None:
                         raise
-                    response = render(error)
-                    response.status_code = error.status
+                    response = render(error)  # the status is the renderer's choice
                     for key, value in error.headers.items():
                         response.headers[key] = value
                     return response
