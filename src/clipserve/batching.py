@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +29,50 @@ RunBatch = Callable[[list[Any]], np.ndarray]
 
 
 @dataclass
+class _BatchTiming:
+    taken_at: float  #: perf_counter when the collector took the batch off the queue
+    prepare_seconds: float = 0.0
+    run_seconds: float = 0.0
+
+
+@dataclass
 class _Pending:
     item: Any
     future: asyncio.Future[np.ndarray]
     prepared: Any = None
+    queued_at: float = field(default_factory=time.perf_counter)
+    batch: _BatchTiming | None = None
+
+
+@dataclass
+class RequestTiming:
+    """Where one request's items spent their time in the batchers, in seconds.
+
+    Filled by :meth:`DynamicBatcher.submit` for the code inside :func:`measure_batching`;
+    the HTTP server reports it as a ``Server-Timing`` header.
+    """
+
+    queue: float = 0.0  #: longest wait of an item before its batch was taken
+    prepare: float = 0.0  #: wall time preparing the request's batches (summed)
+    inference: float = 0.0  #: model runs of the request's batches (summed; shared batches too)
+
+
+_request_timing: ContextVar[RequestTiming | None] = ContextVar("request_timing", default=None)
+
+
+@contextlib.contextmanager
+def measure_batching() -> Iterator[RequestTiming]:
+    """Collect the batching times of every ``submit`` awaited inside the block.
+
+    A context variable carries the collector, so the engine's API needs no extra argument
+    and concurrent requests each see their own.
+    """
+    timing = RequestTiming()
+    token = _request_timing.set(timing)
+    try:
+        yield timing
+    finally:
+        _request_timing.reset(token)
 
 
 @dataclass
@@ -126,6 +167,7 @@ class DynamicBatcher:
                 raise _with_index(future.exception(), self._label, index)
         if waiting:
             raise RequestTimeoutError(f"{self.name}: no result within {timeout:g} s")
+        _note_timing(pending)
         return np.stack([future.result() for future in futures])
 
     async def close(self) -> None:
@@ -155,7 +197,11 @@ class DynamicBatcher:
                 self._arrived.clear()
             if batch:
                 self._in_flight += len(batch)
+                timing = _BatchTiming(taken_at=time.perf_counter())
+                for entry in batch:
+                    entry.batch = timing
                 await self._prepare_all(batch)
+                timing.prepare_seconds = time.perf_counter() - timing.taken_at
                 await self._ready.put(batch)
 
     def _live_count(self) -> int:
@@ -194,7 +240,10 @@ class DynamicBatcher:
                     rows = await loop.run_in_executor(
                         self._run_pool, self._run, [e.prepared for e in live]
                     )
-                    self._record(len(live), time.perf_counter() - started)
+                    elapsed = time.perf_counter() - started
+                    self._record(len(live), elapsed)
+                    if live[0].batch is not None:
+                        live[0].batch.run_seconds = elapsed
                     for entry, row in zip(live, rows, strict=True):
                         if not entry.future.done():
                             entry.future.set_result(row)
@@ -210,6 +259,17 @@ class DynamicBatcher:
         self.stats.items += size
         self.stats.busy_seconds += seconds
         self.stats.batch_sizes.append(size)
+
+
+def _note_timing(pending: list[_Pending]) -> None:
+    timing = _request_timing.get()
+    batches = {id(entry.batch): entry.batch for entry in pending if entry.batch is not None}
+    if timing is None or not batches:
+        return
+    waits = [entry.batch.taken_at - entry.queued_at for entry in pending if entry.batch]
+    timing.queue = max(timing.queue, *waits)
+    timing.prepare += sum(batch.prepare_seconds for batch in batches.values())
+    timing.inference += sum(batch.run_seconds for batch in batches.values())
 
 
 def _with_index(exc: BaseException | None, label: str, index: int) -> BaseException:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+from clipserve.batching import RequestTiming, measure_batching
 from clipserve.server.auth import RequireKey
 from clipserve.server.formats import NPY_MEDIA_TYPE, aencode_response
 from clipserve.server.inputs import parse_encode
@@ -88,14 +90,30 @@ async def encode(
     (``Content-Type: image/*`` or ``application/octet-stream``). Query parameters set
     ``model``, ``normalize`` and ``encoding`` for bodies that cannot carry them.
     """
+    started = time.perf_counter()
     given = {"model": model, "normalize": normalize, "encoding": encoding}
     defaults = EncodeOptions(**{key: value for key, value in given.items() if value is not None})
     job = await parse_encode(request, state, defaults)
-    vectors = await engine.aencode(job.items, model=job.model, normalize=job.options.normalize)
-    return await aencode_response(
+    with measure_batching() as timing:
+        vectors = await engine.aencode(job.items, model=job.model, normalize=job.options.normalize)
+    response = await aencode_response(
         vectors,
         job.modalities,
         model=job.model,
         encoding=job.options.encoding,
         accept=request.headers.get("accept"),
     )
+    response.headers["Server-Timing"] = server_timing(timing, time.perf_counter() - started)
+    return response
+
+
+def server_timing(timing: RequestTiming, total: float) -> str:
+    """A ``Server-Timing`` header: batch queue wait, preprocessing, model runs and the
+    route's total, in milliseconds — what ``Client.profile`` reports."""
+    parts = {
+        "queue": timing.queue,
+        "prepare": timing.prepare,
+        "inference": timing.inference,
+        "total": total,
+    }
+    return ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in parts.items())
