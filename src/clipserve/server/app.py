@@ -7,7 +7,7 @@ import contextlib
 import io
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from PIL import Image
@@ -23,6 +23,9 @@ from clipserve.server.middleware import RequestBodyMiddleware, RequestContextMid
 from clipserve.server.routes import ROUTERS, encode
 from clipserve.server.settings import ServerSettings
 from clipserve.server.state import ServerState
+
+if TYPE_CHECKING:
+    from clipserve.server.rpc import GrpcServer
 
 log = logging.getLogger("clipserve.server")
 
@@ -40,7 +43,9 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     The models are loaded (when ``engine`` is not given) in a worker thread after the server
     starts, so ``/healthz`` answers at once; each model then encodes one text and one image,
     and ``/readyz`` turns 200. Until then the API answers 503 with ``Retry-After``. On
-    shutdown the engine is closed — the app owns it, given or not.
+    shutdown the engine is closed — the app owns it, given or not. With
+    ``settings.grpc_port`` set, the lifespan also serves gRPC (:mod:`clipserve.server.rpc`)
+    on the same event loop and engine; its bound port is ``app.state.clipserve.grpc_port``.
 
     Args:
         settings: Server and engine settings.
@@ -84,10 +89,16 @@ def _lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.settings.allow_url_fetch:
             state.fetcher = UrlFetcher(state.settings)
-        loading = asyncio.create_task(_load_and_warm(state, engine), name="clipserve-load")
+        grpc_server = await _start_grpc(state)
+        loading = asyncio.create_task(
+            _load_and_announce(state, engine, grpc_server), name="clipserve-load"
+        )
         try:
             yield
         finally:
+            if grpc_server is not None:
+                # Uvicorn has drained HTTP by now; gRPC calls in flight get the same grace.
+                await grpc_server.stop(state.settings.graceful_shutdown_seconds)
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
@@ -100,6 +111,23 @@ def _lifespan(
             log.info("server stopped")
 
     return lifespan
+
+
+async def _start_grpc(state: ServerState) -> GrpcServer | None:
+    if state.settings.grpc_port is None:
+        return None
+    # Imported here: an HTTP-only server never loads grpc.
+    from clipserve.server.rpc import start_grpc_server
+
+    return await start_grpc_server(state)
+
+
+async def _load_and_announce(
+    state: ServerState, engine: Engine | None, grpc_server: GrpcServer | None
+) -> None:
+    await _load_and_warm(state, engine)
+    if grpc_server is not None:
+        await grpc_server.update_health(state)  # gRPC health follows /readyz
 
 
 async def _load_and_warm(state: ServerState, engine: Engine | None) -> None:

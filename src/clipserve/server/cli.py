@@ -45,6 +45,12 @@ def _option(*names: str, env: str, help: str, **kwargs: Any) -> Callable[[_F], _
 @_option("--host", env="HOST", help="Interface to listen on [127.0.0.1].")
 @_option("--port", env="PORT", type=int, help="HTTP port [8000].")
 @_option(
+    "--grpc-port",
+    env="GRPC_PORT",
+    type=int,
+    help="Also serve gRPC (clipserve.v1.Clip) on this port; 0 picks a free one [off].",
+)
+@_option(
     "--cache-dir",
     env="CACHE_DIR",
     type=click.Path(file_okay=False, path_type=Path),
@@ -85,7 +91,7 @@ def _option(*names: str, env: str, help: str, **kwargs: Any) -> Callable[[_F], _
     help="On SIGTERM, time given to in-flight requests.",
 )
 def serve(**options: Any) -> None:
-    """Serve the HTTP API (OpenAPI docs at /docs).
+    """Serve the HTTP API (OpenAPI docs at /docs), and gRPC with --grpc-port.
 
     Models load in the background: /healthz answers at once, /readyz once every model is
     warm. SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish,
@@ -94,6 +100,7 @@ def serve(**options: Any) -> None:
 
     \b
     clipserve serve --model ViT-B-32::openai --port 8000
+    clipserve serve --port 8000 --grpc-port 50051
     CLIPSERVE_API_KEYS=s3cret clipserve serve --host 0.0.0.0
     """
     given = {key: value for key, value in options.items() if value not in (None, ())}

@@ -1,8 +1,8 @@
 """Prometheus metrics of one app, in a registry of its own (no process-wide globals).
 
-HTTP metrics are recorded by the request middleware; batcher metrics are read from the
-engine's batchers each time ``/metrics`` is scraped (the batch sizes they recorded since the
-last scrape are drained into the histogram).
+HTTP metrics are recorded by the request middleware, gRPC metrics by the gRPC servicer;
+batcher metrics are read from the engine's batchers each time ``/metrics`` is scraped (the
+batch sizes they recorded since the last scrape are drained into the histogram).
 """
 
 from __future__ import annotations
@@ -69,6 +69,19 @@ class Metrics:
             ["model", "modality"],
             registry=self.registry,
         )
+        self.grpc_requests = Counter(
+            "clipserve_grpc_requests",
+            "gRPC calls answered, by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.grpc_latency = Histogram(
+            "clipserve_grpc_request_duration_seconds",
+            "Time from call to status, by method and status code.",
+            ["method", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._engine: Engine | None = None
         self.registry.register(_BatcherTotals(lambda: self._engine))
 
@@ -77,6 +90,11 @@ class Metrics:
         labels = (method, route, str(status))
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        """Count one finished gRPC call (``method`` as ``"Encode"``, ``code`` as ``"OK"``)."""
+        self.grpc_requests.labels(method, code).inc()
+        self.grpc_latency.labels(method, code).observe(seconds)
 
     def render(self, engine: Engine | None) -> bytes:
         """Drain the batchers' new batch sizes into the histogram and render every metric.

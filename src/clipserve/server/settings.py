@@ -37,6 +37,12 @@ class ServerSettings(Settings):
 
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="gRPC port on the same host (0 picks a free one); no gRPC when unset.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         repr=False,
@@ -67,7 +73,9 @@ class ServerSettings(Settings):
     url_timeout: float = Field(
         10.0, gt=0, description="Seconds to fetch one URL, redirects included."
     )
-    tls_cert: Path | None = Field(None, description="PEM certificate: serve HTTPS.")
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate: serve HTTPS, and gRPC over TLS."
+    )
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
     log_json: bool = Field(True, description="Log one JSON object per line (else plain text).")
     log_level: LogLevel = Field("info", description="Lowest level logged.")

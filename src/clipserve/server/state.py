@@ -29,6 +29,8 @@ class ServerState:
     ready: bool = False
     load_error: str | None = None
     fetcher: UrlFetcher | None = None
+    #: The port the gRPC server listens on, once started (``grpc_port=0`` picks a free one).
+    grpc_port: int | None = None
 
     def ready_engine(self) -> Engine:
         """The engine, or ``NotReadyError`` (503) while models are loading or warming up."""

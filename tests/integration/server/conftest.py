@@ -33,6 +33,13 @@ def server(make_settings: Any) -> Iterator[LiveServer]:
         yield running
 
 
+@pytest.fixture(scope="session")
+def grpc_server(make_settings: Any) -> Iterator[LiveServer]:
+    """A server with gRPC on a free port beside HTTP, default settings otherwise."""
+    with live_server(make_settings(grpc_port=0)) as running:
+        yield running
+
+
 @pytest.fixture()
 def client(server: LiveServer) -> Iterator[httpx.Client]:
     with server.client() as http:

@@ -1,4 +1,5 @@
-"""Helpers for the server tests: a live uvicorn server on loopback, image encodings."""
+"""Helpers for the server tests: a live uvicorn server on loopback (HTTP, and gRPC when its
+settings have a ``grpc_port``), image encodings."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
+import pytest
 import uvicorn
 from PIL import Image
 
@@ -20,6 +23,7 @@ from clipserve.engine import Engine
 from clipserve.models.runtime import EmbeddingSession
 from clipserve.server.app import create_app
 from clipserve.server.settings import ServerSettings
+from clipserve.v1 import clip_pb2
 
 READY_TIMEOUT = 120.0
 
@@ -64,6 +68,23 @@ class LiveServer:
     def client(self, **kwargs: Any) -> httpx.Client:
         kwargs.setdefault("timeout", 120)
         return httpx.Client(base_url=self.url, **kwargs)
+
+    @property
+    def grpc_port(self) -> int:
+        """The bound gRPC port (the settings need ``grpc_port``, e.g. 0 for a free one)."""
+        port: int | None = self.app.state.clipserve.grpc_port
+        if port is None:
+            raise RuntimeError("this server serves no gRPC: give its settings a grpc_port")
+        return port
+
+    @property
+    def grpc_target(self) -> str:
+        """``127.0.0.1:PORT`` of the gRPC server, for ``grpc.insecure_channel``."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def grpc_channel(self, options: Sequence[tuple[str, Any]] = (), **kwargs: Any) -> grpc.Channel:
+        """A plain-text channel to the gRPC server (``options``: channel arguments)."""
+        return grpc.insecure_channel(self.grpc_target, options=list(options), **kwargs)
 
     def stop(self) -> None:
         self._server.should_exit = True
@@ -112,3 +133,32 @@ class GatedSession:
         self.entered.set()
         self.gate.wait(60)
         return self.inner.run(batch)
+
+
+def grpc_input(item: str | bytes) -> clip_pb2.Input:
+    """A text (``str``) or image bytes as a gRPC ``Input``."""
+    return clip_pb2.Input(text=item) if isinstance(item, str) else clip_pb2.Input(image=item)
+
+
+def unpack(vector: bytes) -> np.ndarray:
+    """A packed little-endian float32 embedding as an array."""
+    return np.frombuffer(vector, "<f4")
+
+
+def grpc_failure(code: grpc.StatusCode, call: Callable[[], object]) -> grpc.Call:
+    """Run ``call``, which must fail with ``code``; returns the failed call (details, trailers)."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    error = caught.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == code, (error.code(), error.details())
+    assert error.details()
+    return error
+
+
+def trailer(call: grpc.Call, key: str) -> str | None:
+    """One trailing metadata value of a finished call."""
+    for name, value in call.trailing_metadata() or ():
+        if name == key:
+            return str(value)
+    return None
