@@ -6,9 +6,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +27,15 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from servertools import GatedSession, LiveServer, grpc_failure, grpc_input, live_server, trailer
+from servertools import (
+    READY_TIMEOUT,
+    GatedSession,
+    LiveServer,
+    grpc_failure,
+    grpc_input,
+    live_server,
+    trailer,
+)
 
 from clipserve.engine import Engine
 from clipserve.server import cli
@@ -392,3 +404,50 @@ def test_serve_takes_the_grpc_port_from_the_flag_or_the_environment(
     refused = runner.invoke(cli.serve, ["--grpc-port", "70000"])
     assert refused.exit_code == 2
     assert "grpc_port" in refused.output
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _logged_grpc_port(log_path: Path, process: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log_path.read_text()
+        found = re.search(r"gRPC listening on grpc://127\.0\.0\.1:(\d+)", log_path.read_text())
+        if found:
+            return int(found.group(1))
+        time.sleep(0.05)
+    raise AssertionError("the server never said where gRPC listens")
+
+
+def test_clipserve_serve_grpc_port_0_serves_until_sigterm(
+    tiny_clip_dir: Path, clipserve_cache: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "CLIPSERVE_CACHE_DIR": str(clipserve_cache),
+        "CLIPSERVE_PORT": str(_free_port()),
+    }
+    command = [sys.executable, "-m", "clipserve.server.cli", "--model", str(tiny_clip_dir)]
+    command += ["--grpc-port", "0", "--log-text"]
+    log_path = tmp_path / "server.log"  # a file, not a pipe: a full pipe would stall the server
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, env=env, stderr=log_file)
+    try:
+        port = _logged_grpc_port(log_path, process)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            watch = _Watch(channel)
+            watch.wait_for(SERVING, READY_TIMEOUT)
+            watch.call.cancel()
+            stub = clip_pb2_grpc.ClipStub(channel)
+            assert len(stub.Encode(_encode_text(), timeout=60).embeddings) == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "gRPC server stopped" in log_path.read_text()
