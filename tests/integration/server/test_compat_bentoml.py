@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import numpy as np
@@ -96,3 +97,47 @@ def test_url_items_follow_url_rules(server: LiveServer) -> None:
         response = http.post("/encode_image", data={"items": "http://127.0.0.1:9/cat.png"})
     body = assert_json_error(response, 400)
     assert "URL fetching is disabled" in body["error"]
+
+
+def _bentoml_request(route: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """httpx arguments as BentoML's HTTP client builds them from a ``/schema.json`` route."""
+    properties = route["input"]["properties"]
+
+    def is_file(name: str) -> bool:
+        schema = properties[name]
+        return bool(schema.get("type") == "file" or schema.get("items", {}).get("type") == "file")
+
+    if not any(is_file(name) for name in properties):
+        return {"json": kwargs}
+    data = {name: json.dumps(value) for name, value in kwargs.items() if not is_file(name)}
+    files = [
+        (name, (f"upload{i}.png", value, "image/png"))
+        for name in kwargs
+        if is_file(name)
+        for i, value in enumerate(kwargs[name])
+    ]
+    return {"data": data, "files": files}
+
+
+def test_schema_drives_bentoml_client_requests(
+    client: httpx.Client, shape_pngs: list[bytes]
+) -> None:
+    schema = client.get("/schema.json")
+    assert schema.status_code == 200, schema.text
+    routes = {route["name"]: route for route in schema.json()["routes"]}
+    assert set(routes) == {"encode_image", "encode_text", "rank"}
+    arguments: dict[str, dict[str, Any]] = {
+        "encode_image": {"items": shape_pngs[:2]},
+        "encode_text": {"items": ["a red circle"]},
+        "rank": {"queries": shape_pngs[:1], "candidates": ["a red circle", "a diagram"]},
+    }
+    answers = {}
+    for name, kwargs in arguments.items():
+        route = routes[name]
+        assert set(kwargs) >= set(route["input"]["required"])
+        response = client.post(route["route"], **_bentoml_request(route, kwargs))
+        assert response.status_code == 200, (name, response.text)
+        answers[name] = response.json()
+    assert np.array(answers["encode_image"]).shape[0] == 2
+    assert np.array(answers["encode_text"]).shape[0] == 1
+    assert np.array(answers["rank"]["probabilities"]).shape == (1, 2)

@@ -168,6 +168,60 @@ async def rank(request: Request, engine: EngineDep, state: StateDep) -> JSONResp
     )
 
 
+_FILES = {"type": "array", "items": {"type": "file", "format": "image"}}
+_MATRIX = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+#: The routes as BentoML's ``/schema.json`` lists them; BentoML's Python client
+#: (``SyncHTTPClient``) reads it to learn each API's route, arguments and file fields.
+SCHEMA: dict[str, Any] = {
+    "name": "CLIP",
+    "type": "service",
+    "routes": [
+        {
+            "name": "encode_image",
+            "route": "/encode_image",
+            "input": {"type": "object", "properties": {"items": _FILES}, "required": ["items"]},
+            "output": _MATRIX,
+        },
+        {
+            "name": "encode_text",
+            "route": "/encode_text",
+            "input": {
+                "type": "object",
+                "properties": {"items": {"type": "array", "items": {"type": "string"}}},
+                "required": ["items"],
+            },
+            "output": _MATRIX,
+        },
+        {
+            "name": "rank",
+            "route": "/rank",
+            "input": {
+                "type": "object",
+                "properties": {
+                    "queries": _FILES,
+                    "candidates": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "default": list(DEFAULT_CANDIDATES),
+                    },
+                },
+                "required": ["queries"],
+            },
+            "output": {
+                "type": "object",
+                "properties": {"probabilities": _MATRIX, "cosine_similarities": _MATRIX},
+            },
+        },
+    ],
+}
+
+
+@router.get("/schema.json", summary="BentoML CLIP: the service's API schema")
+async def schema() -> dict[str, Any]:
+    """The three APIs' routes and argument schemas, for BentoML's Python client."""
+    return SCHEMA
+
+
 def _image(part: Part, index: int) -> ImageBytes | InputObject:
     # BentoML's client sends a file argument given as a URL string as a plain form field.
     if isinstance(part.value, str):
