@@ -34,7 +34,7 @@ from clipserve.embed.output import (
     write_manifest,
     write_shard,
 )
-from clipserve.embed.records import Record
+from clipserve.embed.records import Record, Url
 from clipserve.engine import Engine
 from clipserve.models.loader import ClipModel
 from clipserve.models.preprocess import PreprocessConfig
@@ -240,8 +240,8 @@ class _Decoder:
         image = record.image
         if image is None:
             return _done(Decoded(None, error="no image"))
-        if isinstance(image, str) and image.lower().startswith(("http://", "https://")):
-            return self._downloads.submit(self._download_and_decode, image)
+        if isinstance(image, Url):
+            return self._downloads.submit(self._download_and_decode, image.url)
         return self._pool.submit(decode, image, self._cfg)
 
     def _download_and_decode(self, url: str) -> Decoded:

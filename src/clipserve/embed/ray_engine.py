@@ -30,7 +30,7 @@ from clipserve.embed.pipeline import (
     job_spec,
     plan_job,
 )
-from clipserve.embed.records import Record, TarMember
+from clipserve.embed.records import Record, TarMember, Url
 from clipserve.engine import Engine
 from clipserve.errors import ClipServeError
 from clipserve.models.loader import prepare_export
@@ -109,10 +109,16 @@ def _rows(index: int, shard: Sequence[Record]) -> Iterator[dict[str, Any]]:
         }
 
 
-def _location(image: str | TarMember | None) -> tuple[str, int, int]:
+# The "offset" column: a byte offset into a tar file, or one of these.
+_WHOLE_FILE, _URL = -1, -2
+
+
+def _location(image: str | TarMember | Url | None) -> tuple[str, int, int]:
     if isinstance(image, TarMember):
         return image.path, image.offset, image.size
-    return image or "", -1, -1
+    if isinstance(image, Url):
+        return image.url, _URL, -1
+    return image or "", _WHOLE_FILE, -1
 
 
 def _results(
@@ -186,7 +192,7 @@ def _decode_row(
     offset, length = int(batch["offset"][row]), int(batch["length"][row])
     if not location:
         return Decoded(None, error="no image")
-    if location.lower().startswith(("http://", "https://")):
+    if offset == _URL:
         fetched = downloader.fetch(location)
         if fetched.data is None:
             return Decoded(None, error=f"download failed: {fetched.error}")

@@ -46,6 +46,13 @@ class TarMember:
 
 
 @dataclass(frozen=True)
+class Url:
+    """An image to download (only http and https are fetched; anything else is an error)."""
+
+    url: str
+
+
+@dataclass(frozen=True)
 class Record:
     """One input item.
 
@@ -53,15 +60,15 @@ class Record:
         key: A name unique within the job (relative path without suffix, ``shard/key``, or
             the table row number).
         source: Where it came from, for people: a path, ``shard.tar#member`` or a URL.
-        image: How to get the image bytes: a file path, a :class:`TarMember`, a URL, or
-            ``None`` when the item has no image (a caption-only table row).
+        image: How to get the image bytes: a file path, a :class:`TarMember`, a :class:`Url`,
+            or ``None`` when the item has no image (a caption-only table row).
         caption: The item's text, if any.
         extra: Carried metadata columns (JSON-serialisable values).
     """
 
     key: str
     source: str
-    image: str | TarMember | None
+    image: str | TarMember | Url | None
     caption: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -201,7 +208,7 @@ def table_records(
         yield Record(
             key=str(row),
             source=str(url) if url else "",
-            image=str(url) if url else None,
+            image=Url(str(url)) if url else None,
             caption=None if caption is None else str(caption),
             extra={name: values[row] for name, values in extras.items()},
         )

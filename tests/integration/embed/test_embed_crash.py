@@ -1,0 +1,99 @@
+"""A job killed with SIGKILL at random points, rerun each time, loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from embedtools import png_bytes, read_output
+
+from clipserve.embed import EmbedOptions, folder_records, run_local
+from clipserve.settings import Settings
+from clipserve.testing.synthetic import make_dataset
+
+ITEMS, SHARD_SIZE, KILLS = 240, 6, 5
+
+
+def _command(folder: Path, output: Path, model: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "clipserve.cli",
+        "embed",
+        str(folder),
+        "--output",
+        str(output),
+        "--model",
+        str(model),
+        "--shard-size",
+        str(SHARD_SIZE),
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+
+
+def _completed(output: Path) -> int:
+    return len(list((output / "metadata").glob("metadata_*.parquet")))
+
+
+def test_sigkill_at_random_points_then_rerun_gives_every_item_once(
+    tiny_clip_dir: Path, clipserve_cache: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index, item in enumerate(make_dataset(ITEMS, seed=17)):
+        (folder / f"{index:04d}.png").write_bytes(png_bytes(item.image))
+        (folder / f"{index:04d}.txt").write_text(item.caption)
+    output = tmp_path / "out"
+    env = {**os.environ, "CLIPSERVE_CACHE_DIR": str(clipserve_cache)}
+    shards = ITEMS // SHARD_SIZE
+    rng = random.Random(1234)
+    killed_mid_job = 0
+    for _ in range(KILLS):
+        # Kill once the job has written a random number of further shards: always mid-job.
+        before = _completed(output) if output.exists() else 0
+        if before >= shards - 1:
+            break
+        target = rng.randint(before + 1, shards - 1)
+        process = subprocess.Popen(_command(folder, output, tiny_clip_dir), env=env)
+        deadline = time.monotonic() + 300
+        while _completed(output) < target and process.poll() is None:
+            assert time.monotonic() < deadline, "the job made no progress"
+            time.sleep(0.005)
+        process.kill()
+        process.wait(30)
+        if process.returncode == -9:
+            killed_mid_job += 1
+    assert killed_mid_job >= 3, "the kills did not land mid-job"
+
+    final = subprocess.run(
+        _command(folder, output, tiny_clip_dir),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert final.returncode == 0, final.stderr
+    out = read_output(output)
+    assert [row["key"] for row in out.metadata] == [f"{i:04d}" for i in range(ITEMS)]
+    assert out.manifest["items"] == ITEMS and out.manifest["errors"] == 0
+    assert not list(output.rglob(".tmp-*"))
+
+    # The same numbers as one uninterrupted run.
+    settings = Settings(models=[str(tiny_clip_dir)], cache_dir=clipserve_cache)
+    clean = tmp_path / "clean"
+    options = EmbedOptions(clean, shard_size=SHARD_SIZE, batch_size=4, workers=1)
+    run_local(list(folder_records(folder)), settings, options)
+    reference = read_output(clean)
+    assert out.images is not None and reference.images is not None
+    assert out.texts is not None and reference.texts is not None
+    np.testing.assert_allclose(out.images, reference.images, atol=2e-3)
+    np.testing.assert_allclose(out.texts, reference.texts, atol=2e-3)
