@@ -84,9 +84,14 @@ def test_encode_as_clip_client_sends(client: httpx.Client, shape_pngs: list[byte
 
 
 def test_encode_readme_curl_body(client: httpx.Client, shape_pngs: list[bytes]) -> None:
-    body = {"data": [{"text": "hello"}, {"uri": data_uri(shape_pngs[2])}], "execEndpoint": "/"}
+    body = {
+        "data": [{"text": "hello"}, {"uri": data_uri(shape_pngs[2])}],
+        "execEndpoint": "/",
+        "header": {"request_id": "abc", "not_a_header_field": 1},
+    }
     response = client.post("/post", json=body)
     assert response.status_code == 200, response.text
+    assert response.json()["header"] == {"request_id": "abc", "exec_endpoint": "/"}
     vectors = np.array([doc["embedding"] for doc in response.json()["data"]], np.float32)
     expected = native(client, ["hello", shape_pngs[2]], normalize=False)
     np.testing.assert_allclose(vectors, expected, atol=ATOL)

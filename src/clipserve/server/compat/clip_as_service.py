@@ -44,6 +44,7 @@ from .errors import CompatError, CompatInputError, error_route
 #: jina's ``StatusProto.ERROR``.
 _STATUS_ERROR = 1
 _EXECUTOR = "clip_t"
+_HEADER_FIELDS = ("request_id", "target_executor", "timeout")
 
 
 def render_error(error: CompatError) -> JSONResponse:
@@ -157,7 +158,9 @@ async def post(body: JinaRequest, engine: EngineDep, state: StateDep) -> JSONRes
         name = endpoint.removeprefix("/encode/") if endpoint.startswith("/encode/") else None
         model = served_model(state, name)
         data = await _encode(docs, model, engine, state)
-    header = {**body.header, "exec_endpoint": endpoint}
+    # Only HeaderProto's fields: the client parses the answer's header as that proto.
+    header = {key: value for key, value in body.header.items() if key in _HEADER_FIELDS}
+    header["exec_endpoint"] = endpoint
     header.setdefault("request_id", uuid.uuid4().hex)
     route = {"start_time": started, "end_time": _now()}
     return JSONResponse(
