@@ -95,5 +95,16 @@ def classify_response(body: ClassifyResponse) -> clip_pb2.ClassifyResponse:
 def models_response(body: ModelsResponse) -> clip_pb2.ListModelsResponse:
     """The ``ListModels`` answer from the HTTP route's body (default first)."""
     return clip_pb2.ListModelsResponse(
-        models=[clip_pb2.ModelInfo(**info.model_dump()) for info in body.data]
+        models=[
+            clip_pb2.ModelInfo(
+                name=info.name,
+                dim=info.dim,
+                image_size=info.image_size,
+                context_length=info.context_length,
+                precision=info.precision,
+                logit_scale=info.logit_scale,
+                default=info.default,
+            )
+            for info in body.data
+        ]
     )
