@@ -1,4 +1,5 @@
-"""photofield-ai's routes, called the way photofield's Go client (``internal/clip``) calls them."""
+"""photofield-ai's routes, called the way photofield's Go client (``internal/ai/client.go``)
+calls them."""
 
 from __future__ import annotations
 
