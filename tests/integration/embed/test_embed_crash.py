@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -97,3 +98,42 @@ def test_sigkill_at_random_points_then_rerun_gives_every_item_once(
     assert out.texts is not None and reference.texts is not None
     np.testing.assert_allclose(out.images, reference.images, atol=2e-3)
     np.testing.assert_allclose(out.texts, reference.texts, atol=2e-3)
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(
+    tiny_clip_dir: Path, clipserve_cache: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index, item in enumerate(make_dataset(120, seed=18)):
+        (folder / f"{index:04d}.png").write_bytes(png_bytes(item.image))
+    output = tmp_path / "out"
+    env = {**os.environ, "CLIPSERVE_CACHE_DIR": str(clipserve_cache)}
+    # Its own process group, as a terminal's Ctrl-C reaches the job and its workers.
+    process = subprocess.Popen(
+        _command(folder, output, tiny_clip_dir),
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while _completed(output) < 3 and process.poll() is None:
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted: completed shards are kept; rerun to finish" in stderr
+    assert "Traceback" not in stderr
+    assert 3 <= _completed(output) < 120 // SHARD_SIZE
+
+    final = subprocess.run(
+        _command(folder, output, tiny_clip_dir),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert final.returncode == 0, final.stderr
+    assert [row["key"] for row in read_output(output).metadata] == [f"{i:04d}" for i in range(120)]
