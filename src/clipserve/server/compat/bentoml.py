@@ -24,7 +24,7 @@ from clipserve.server.inputs import ImageBytes, resolve, served_model
 from clipserve.server.schemas import InputObject
 from clipserve.server.state import EngineDep, StateDep
 
-from .common import Part, image_reference, read_parts
+from .common import Part, check_total, image_reference, read_parts
 from .errors import CompatError, CompatInputError, error_route
 
 #: The example's default candidates when a rank request names none.
@@ -154,6 +154,8 @@ async def rank(request: Request, engine: EngineDep, state: StateDep) -> JSONResp
     if not queries:
         raise CompatInputError("send the query images as multipart file parts named 'queries'")
     texts = _candidates([part for part in parts if part.name == "candidates"])
+    # Each query is ranked against every candidate: the candidates are encoded per query.
+    check_total(len(queries) * (1 + len(texts)), "queries × (1 + candidates)", state)
     images = await resolve([_image(p, i) for i, p in enumerate(queries)], "queries", state)
     candidates = await resolve([InputObject(text=text) for text in texts], "candidates", state)
     model = served_model(state, None)
@@ -216,7 +218,11 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-@router.get("/schema.json", summary="BentoML CLIP: the service's API schema")
+@router.get(
+    "/schema.json",
+    summary="BentoML CLIP: the service's API schema",
+    responses={200: {"content": {"application/json": {"example": SCHEMA}}}},
+)
 async def schema() -> dict[str, Any]:
     """The three APIs' routes and argument schemas, for BentoML's Python client."""
     return SCHEMA

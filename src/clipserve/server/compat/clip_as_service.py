@@ -38,7 +38,7 @@ from clipserve.server.inputs import resolve, served_model
 from clipserve.server.schemas import EXAMPLE_PNG_B64, InputObject
 from clipserve.server.state import EngineDep, ServerState, StateDep
 
-from .common import image_reference
+from .common import check_total, image_reference
 from .errors import CompatError, CompatInputError, error_route
 
 #: jina's ``StatusProto.ERROR``.
@@ -181,6 +181,9 @@ async def _encode(docs: list[Doc], model: str, engine: Engine, state: ServerStat
 
 
 async def _rank(docs: list[Doc], model: str, engine: Engine, state: ServerState) -> list[Doc]:
+    check_total(
+        sum(1 + len(doc.get("matches") or ()) for doc in docs), "queries and matches", state
+    )
     jobs = []
     for index, doc in enumerate(docs):
         matches = doc.get("matches")

@@ -62,6 +62,16 @@ async def read_json(request: Request) -> Any:
         raise CompatInputError(f"the body is not valid JSON: {exc}") from exc
 
 
+def check_total(count: int, what: str, state: ServerState) -> None:
+    """A 413 when one request would encode more than ``max_items_per_request`` items."""
+    limit = state.settings.max_items_per_request
+    if count > limit:
+        raise TooManyItemsError(
+            f"{what}: {count} items to encode in one request; the limit is {limit} "
+            "(CLIPSERVE_MAX_ITEMS_PER_REQUEST): split the request"
+        )
+
+
 def image_reference(uri: str, where: str) -> InputObject:
     """An image named by a data URI or an http(s) URL; anything else (a file path) is refused.
 
