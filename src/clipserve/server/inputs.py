@@ -135,7 +135,7 @@ async def parse_encode(request: Request, state: ServerState, defaults: EncodeOpt
 
 async def parse_rank(body: RankRequest, state: ServerState) -> RankJob:
     """Resolve a ``/v1/rank`` body's query and candidates."""
-    _check_count(len(body.candidates) + 1, "query and candidates", state)
+    check_count(len(body.candidates) + 1, "query and candidates", state)
     model = served_model(state, body.model)
     query = await resolve([body.query], "query", state)
     candidates = await resolve(body.candidates, "candidates", state)
@@ -145,7 +145,7 @@ async def parse_rank(body: RankRequest, state: ServerState) -> RankJob:
 async def parse_classify(body: ClassifyRequest, state: ServerState) -> ClassifyJob:
     """Resolve a ``/v1/classify`` body: every input must be an image."""
     prompts = len(body.labels) * len(body.templates or [""])
-    _check_count(prompts, "labels × templates", state)
+    check_count(prompts, "labels × templates", state)
     _check_texts(body.labels, "labels", _engine(state))
     model = served_model(state, body.model)
     # Every input is an image here, so a plain string that is neither a data URI nor a URL
@@ -199,7 +199,7 @@ async def resolve(raw: Sequence[InputItem | _Parsed], where: str, state: ServerS
 
     ``where`` names the field in error messages: ``inputs[2]: ...``.
     """
-    _check_count(len(raw), where, state)
+    check_count(len(raw), where, state)
     parsed = [_parse(item, _at(where, index, len(raw))) for index, item in enumerate(raw)]
     fetched = await _fetch_urls(parsed, where, state)
     engine = _engine(state)
@@ -400,7 +400,8 @@ def _check_image(data: bytes, where: str, max_pixels: int) -> None:
 
 
 # ------------------------------------------------------------------ limits
-def _check_count(count: int, where: str, state: ServerState) -> None:
+def check_count(count: int, where: str, state: ServerState) -> None:
+    """``TooManyItemsError`` (413) when ``count`` inputs exceed ``max_items_per_request``."""
     limit = state.settings.max_items_per_request
     if count > limit:
         raise TooManyItemsError(

@@ -26,24 +26,23 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
 from clipserve.engine import Engine
-from clipserve.errors import ClipServeError, OverloadedError
+from clipserve.errors import ClipServeError
 from clipserve.server.auth import key_matches
 from clipserve.server.errors import UnauthorizedError, error_body, error_type, validation_message
 from clipserve.server.formats import encode_vectors
-from clipserve.server.inputs import ImageBytes, Item, resolve, served_model, validate
+from clipserve.server.inputs import ImageBytes, resolve, served_model, validate
 from clipserve.server.schemas import EncodeOptions, InputItem
 from clipserve.server.state import ServerState
+from clipserve.server.streaming import encode_when_queue_allows
 
 log = logging.getLogger("clipserve.server")
 router = APIRouter(prefix="/v1", tags=["embeddings"])
@@ -58,8 +57,6 @@ _SUBPROTOCOL = "clipserve"
 _BEARER_PREFIX = "bearer."
 _INPUT = TypeAdapter[Any](InputItem)
 _END = object()
-# Waits between tries when the batch queue is full.
-_FIRST_PAUSE, _MAX_PAUSE = 0.01, 0.5
 
 
 @dataclass
@@ -215,7 +212,12 @@ async def _answer(
         else:
             item_id, raw = _parse_message(text or "", index)
         items = await resolve([raw], "input", connection.state)
-        vectors = await _encode_when_queue_allows(connection, items)
+        vectors = await encode_when_queue_allows(
+            connection.engine,
+            items,
+            model=connection.model,
+            normalize=connection.options.normalize,
+        )
         modality = "text" if isinstance(items[0], str) else "image"
         embedding = encode_vectors(vectors, connection.options.encoding)[0]
         return {"index": index, "id": item_id, "modality": modality, "embedding": embedding}
@@ -229,26 +231,6 @@ async def _answer(
         # A bug, not the client's fault: log it, answer this item, keep the stream.
         log.exception("stream item %d failed", index)
         return _failed(connection, index, item_id, "internal_error", "internal server error")
-
-
-async def _encode_when_queue_allows(connection: _Connection, items: list[Item]) -> np.ndarray:
-    """Encode, waiting out a full batch queue (other clients' load) up to the request timeout.
-
-    A unary request answers 503 and lets its client retry; a stream has its own window as
-    flow control, so it waits instead of failing items the client would have to resend.
-    """
-    deadline = time.monotonic() + connection.engine.settings.request_timeout
-    pause = _FIRST_PAUSE
-    while True:
-        try:
-            return await connection.engine.aencode(
-                items, model=connection.model, normalize=connection.options.normalize
-            )
-        except OverloadedError:
-            if time.monotonic() + pause > deadline:
-                raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _MAX_PAUSE)
 
 
 def _parse_message(text: str, index: int) -> tuple[Any, Any]:

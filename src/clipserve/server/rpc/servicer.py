@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from clipserve.engine import DEFAULT_TEMPLATES
 from clipserve.server.formats import classify_response, rank_response
-from clipserve.server.inputs import _check_count, parse_classify, parse_rank, resolve, served_model
+from clipserve.server.inputs import check_count, parse_classify, parse_rank, resolve, served_model
 from clipserve.server.routes.models import list_models
 from clipserve.server.rpc import convert
 from clipserve.server.rpc.calls import Calls, Context
@@ -64,7 +64,7 @@ class ClipService(clip_pb2_grpc.ClipServicer):
     async def _encode(self, request: clip_pb2.EncodeRequest) -> clip_pb2.EncodeResponse:
         engine = self.state.ready_engine()
         # Before anything is built per input, as the JSON body's size limit would have.
-        _check_count(len(request.inputs), "inputs", self.state)
+        check_count(len(request.inputs), "inputs", self.state)
         model = served_model(self.state, request.model or None)
         raw = convert.raw_inputs(request.inputs, "inputs")
         items = await resolve(raw, "inputs", self.state)
@@ -74,7 +74,7 @@ class ClipService(clip_pb2_grpc.ClipServicer):
 
     async def _rank(self, request: clip_pb2.RankRequest) -> clip_pb2.RankResponse:
         engine = self.state.ready_engine()
-        _check_count(len(request.candidates) + 1, "query and candidates", self.state)
+        check_count(len(request.candidates) + 1, "query and candidates", self.state)
         # The JSON body, built without validation: image bytes have no JSON spelling, and
         # resolve() (inside parse_rank) reads ImageBytes as it reads a multipart file.
         body = RankRequest.model_construct(
@@ -88,7 +88,7 @@ class ClipService(clip_pb2_grpc.ClipServicer):
 
     async def _classify(self, request: clip_pb2.ClassifyRequest) -> clip_pb2.ClassifyResponse:
         engine = self.state.ready_engine()
-        _check_count(len(request.images), "images", self.state)
+        check_count(len(request.images), "images", self.state)
         body = ClassifyRequest.model_construct(
             images=cast(Any, convert.raw_inputs(request.images, "images")),
             labels=list(request.labels),

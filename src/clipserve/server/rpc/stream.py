@@ -16,23 +16,18 @@ the batch queues before they cost inference.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
-import numpy as np
-
 from clipserve.engine import Engine
-from clipserve.errors import OverloadedError
-from clipserve.server.inputs import Item, resolve, served_model
+from clipserve.server.inputs import resolve, served_model
 from clipserve.server.rpc.codes import failure_of
 from clipserve.server.rpc.convert import modality, packed, raw_input
 from clipserve.server.state import ServerState
+from clipserve.server.streaming import encode_when_queue_allows
 from clipserve.v1 import clip_pb2
 
 #: Items in flight (read, not yet answered) per stream.
 WINDOW = 256
-# Waits between tries while the batch queue is full.
-_FIRST_PAUSE, _MAX_PAUSE = 0.01, 0.5
 _METHOD = "EncodeStream"
 
 _Answer = asyncio.Task[clip_pb2.EncodeStreamResponse]
@@ -125,7 +120,9 @@ class EncodeStream:
             model = served_model(self.state, request.model or None)
             items = await resolve([raw_input(request.input, "input")], "input", self.state)
             normalize = request.normalize if request.HasField("normalize") else True
-            vectors = await _encode_when_queue_allows(engine, items, model, normalize)
+            vectors = await encode_when_queue_allows(
+                engine, items, model=model, normalize=normalize
+            )
         except Exception as exc:
             failure = failure_of(exc, _METHOD)
             error = clip_pb2.ItemError(code=failure.code.name, message=failure.message)
@@ -136,19 +133,3 @@ class EncodeStream:
             dim=int(vectors.shape[1]),
             vector=packed(vectors)[0],
         )
-
-
-async def _encode_when_queue_allows(
-    engine: Engine, items: list[Item], model: str, normalize: bool
-) -> np.ndarray:
-    """Encode, waiting out a full batch queue (other clients' load) up to the request timeout."""
-    deadline = time.monotonic() + engine.settings.request_timeout
-    pause = _FIRST_PAUSE
-    while True:
-        try:
-            return await engine.aencode(items, model=model, normalize=normalize)
-        except OverloadedError:
-            if time.monotonic() + pause > deadline:
-                raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _MAX_PAUSE)
