@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,3 +79,23 @@ def upright_size(data: bytes) -> tuple[int | None, int | None]:
     except Exception:  # undecodable: decode() reports why
         return None, None
     return (height, width) if orientation in _QUARTER_TURNS else (width, height)
+
+
+def exit_with(parent: int, interval: float = 1.0) -> None:
+    """Worker initializer: end this worker when the job's process ``parent`` is gone.
+
+    A job killed with SIGKILL cannot stop its pool, and an idle worker would wait for work
+    forever (it holds its task queue's write end itself, so it never sees end of file).
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass  # the pid exists (someone else's): keep watching
+
+    threading.Thread(target=watch, name="clipserve-parent-watch", daemon=True).start()

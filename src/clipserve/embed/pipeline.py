@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from clipserve.embed.decode import Decoded, decode
+from clipserve.embed.decode import Decoded, decode, exit_with
 from clipserve.embed.download import Downloader
 from clipserve.embed.options import EmbedOptions
 from clipserve.embed.output import (
@@ -221,7 +221,9 @@ class _Decoder:
         workers = options.workers or os.cpu_count() or 1
         # forkserver: the parent holds onnxruntime threads, which a plain fork must not copy.
         context = multiprocessing.get_context("forkserver")
-        self._pool = cf.ProcessPoolExecutor(max(1, workers), mp_context=context)
+        self._pool = cf.ProcessPoolExecutor(
+            max(1, workers), mp_context=context, initializer=exit_with, initargs=(os.getpid(),)
+        )
         self._downloads = cf.ThreadPoolExecutor(options.download.concurrency)
         self._downloader = Downloader(options.download)
         self._window = max(2 * options.batch_size, 4 * workers, options.download.concurrency)

@@ -41,6 +41,20 @@ def _command(folder: Path, output: Path, model: Path) -> list[str]:
     ]
 
 
+def _orphaned_workers() -> list[int]:
+    """Processes of a multiprocessing forkserver whose parent has died (re-parented to 1)."""
+    orphans = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes()
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"multiprocessing.forkserver" in command and parent == 1:
+            orphans.append(int(entry.name))
+    return orphans
+
+
 def _completed(output: Path) -> int:
     return len(list((output / "metadata").glob("metadata_*.parquet")))
 
@@ -74,6 +88,11 @@ def test_sigkill_at_random_points_then_rerun_gives_every_item_once(
         if process.returncode == -9:
             killed_mid_job += 1
     assert killed_mid_job >= 3, "the kills did not land mid-job"
+    # The killed jobs' decode workers notice and exit; none is left behind.
+    deadline = time.monotonic() + 30
+    while _orphaned_workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _orphaned_workers() == []
 
     final = subprocess.run(
         _command(folder, output, tiny_clip_dir),
