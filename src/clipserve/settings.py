@@ -22,6 +22,11 @@ def _default_cache_dir() -> Path:
     return Path(base) / "clipserve"
 
 
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "clipserve"
+
+
 class Settings(BaseSettings):
     """Configuration of an :class:`~clipserve.Engine` (and later of the server).
 
@@ -40,6 +45,10 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(
         default_factory=_default_cache_dir,
         description="Where exported ONNX graphs are kept (beside nothing else of ours).",
+    )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where named indexes live (one directory each under indexes/).",
     )
     threads: int = Field(0, ge=0, description="Inference threads; 0 means one per CPU core.")
     preprocess_workers: int = Field(

@@ -14,6 +14,7 @@ from clipserve.index.collection import (
     Index,
     IndexExistsError,
     IndexNotFoundError,
+    ItemNotFoundError,
 )
 from clipserve.index.store import NewItem, StoredItem
 
@@ -23,6 +24,7 @@ __all__ = [
     "Index",
     "IndexExistsError",
     "IndexNotFoundError",
+    "ItemNotFoundError",
     "NewItem",
     "StoredItem",
 ]

@@ -37,6 +37,12 @@ class IndexNotFoundError(ClipServeError):
     client_error = True
 
 
+class ItemNotFoundError(ClipServeError):
+    """No item with that id in the index."""
+
+    client_error = True
+
+
 class IndexExistsError(ClipServeError):
     """An index of that name exists already."""
 

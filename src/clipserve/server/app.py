@@ -108,6 +108,8 @@ def _lifespan(
                 await loaded.aclose()
             if state.fetcher is not None:
                 await state.fetcher.aclose()
+            if state.catalog is not None:
+                await asyncio.to_thread(state.catalog.close)  # saves index snapshots
             log.info("server stopped")
 
     return lifespan

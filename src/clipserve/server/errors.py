@@ -30,6 +30,7 @@ from clipserve.errors import (
     RequestTimeoutError,
     TextTooLongError,
 )
+from clipserve.index.collection import IndexExistsError, IndexNotFoundError, ItemNotFoundError
 
 log = logging.getLogger("clipserve.server")
 
@@ -78,6 +79,9 @@ STATUS: Mapping[type[ClipServeError], int] = {
     InvalidInputError: 400,
     UnauthorizedError: 401,
     ModelNotFoundError: 404,
+    IndexNotFoundError: 404,
+    ItemNotFoundError: 404,
+    IndexExistsError: 409,
     OverloadedError: 503,
     NotReadyError: 503,
     ModelUnavailableError: 503,

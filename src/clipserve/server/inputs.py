@@ -425,4 +425,5 @@ def _engine(state: ServerState) -> Engine:
 
 
 def _at(where: str, index: int, count: int) -> str:
-    return where if where in ("query", "body") and count == 1 else f"{where}[{index}]"
+    single = where in ("query", "body", "input") or where.endswith(".input")
+    return where if single and count == 1 else f"{where}[{index}]"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from clipserve.engine import Engine
+from clipserve.index.collection import Catalog
 from clipserve.server.errors import NotReadyError
 from clipserve.server.metrics import Metrics
 from clipserve.server.settings import ServerSettings
@@ -29,8 +30,15 @@ class ServerState:
     ready: bool = False
     load_error: str | None = None
     fetcher: UrlFetcher | None = None
+    catalog: Catalog | None = None
     #: The port the gRPC server listens on, once started (``grpc_port=0`` picks a free one).
     grpc_port: int | None = None
+
+    def index_catalog(self) -> Catalog:
+        """The indexes under ``settings.data_dir/indexes`` (opened on first use)."""
+        if self.catalog is None:
+            self.catalog = Catalog(self.settings.data_dir / "indexes")
+        return self.catalog
 
     def ready_engine(self) -> Engine:
         """The engine, or ``NotReadyError`` (503) while models are loading or warming up."""

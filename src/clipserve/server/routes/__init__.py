@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from clipserve.server.routes import classify, encode, health, models, rank, stream
+from clipserve.server.routes import classify, encode, health, indexes, models, rank, stream
 
 ROUTERS: tuple[APIRouter, ...] = (
     encode.router,
@@ -13,6 +13,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     models.router,
     health.router,
     stream.router,
+    indexes.router,
 )
 
 __all__ = ["ROUTERS"]

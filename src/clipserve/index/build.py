@@ -1,0 +1,108 @@
+"""``clipserve index build``: turn the shards of ``clipserve embed`` into an index.
+
+Each row whose status is ``ok`` becomes an item: its image embedding under the row's ``key``
+(modality ``image``) and, when the row has a caption and the job embedded texts, its caption
+embedding under ``key#caption`` (modality ``text``). The metadata of both is the row's
+metadata (source, caption, width, height, sha256 and the carried columns). Rebuilding into an
+existing index replaces items with the same ids, so a rerun is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipserve.errors import InvalidInputError
+from clipserve.index.collection import Catalog
+from clipserve.index.store import NewItem
+
+CAPTION_SUFFIX = "#caption"
+_SKIPPED_COLUMNS = frozenset({"status", "error"})
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build added: items per modality, and rows skipped for their error status."""
+
+    images: int
+    texts: int
+    skipped: int
+
+
+def build_index(
+    embed_dir: Path, catalog: Catalog, name: str, *, images: bool = True, texts: bool = True
+) -> BuildResult:
+    """Add every good row of ``embed_dir`` to index ``name`` (created for its model if new).
+
+    Raises:
+        InvalidInputError: ``embed_dir`` is not a finished ``clipserve embed`` output, or the
+            index holds another model's vectors.
+    """
+    manifest = _manifest(embed_dir)
+    index = catalog.create(name, model=manifest["model"], dim=manifest["dim"], exist_ok=True)
+    counts = {"image": 0, "text": 0, "skipped": 0}
+    for shard in range(manifest["shards"]):
+        batch = list(_shard_items(embed_dir, shard, manifest, images, texts, counts))
+        if batch:
+            index.upsert(batch)
+    index.save()
+    return BuildResult(counts["image"], counts["text"], counts["skipped"])
+
+
+def _manifest(embed_dir: Path) -> dict[str, Any]:
+    path = embed_dir / "manifest.json"
+    if not path.is_file():
+        raise InvalidInputError(
+            f"{embed_dir} has no manifest.json: not a finished clipserve embed output "
+            "(rerun clipserve embed to finish it)"
+        )
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    return manifest
+
+
+def _shard_items(
+    embed_dir: Path,
+    shard: int,
+    manifest: dict[str, Any],
+    images: bool,
+    texts: bool,
+    counts: dict[str, int],
+) -> Iterator[NewItem]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(embed_dir / "metadata" / f"metadata_{shard}.parquet").to_pylist()
+    image_vectors = _vectors(embed_dir / "img_emb" / f"img_emb_{shard}.npy", images)
+    text_vectors = _vectors(embed_dir / "text_emb" / f"text_emb_{shard}.npy", texts)
+    for position, row in enumerate(rows):
+        if row.get("status") != "ok":
+            counts["skipped"] += 1
+            continue
+        metadata = {k: _json_safe(v) for k, v in row.items() if k not in _SKIPPED_COLUMNS}
+        if image_vectors is not None and manifest.get("images"):
+            counts["image"] += 1
+            yield NewItem(row["key"], "image", metadata, image_vectors[position])
+        if text_vectors is not None and manifest.get("texts") and row.get("caption") is not None:
+            counts["text"] += 1
+            yield NewItem(row["key"] + CAPTION_SUFFIX, "text", metadata, text_vectors[position])
+
+
+def _vectors(path: Path, wanted: bool) -> np.ndarray | None:
+    if not wanted or not path.is_file():
+        return None
+    vectors: np.ndarray = np.load(path).astype(np.float32)
+    # Stored as float16: renormalise so that scores are exact cosines again.
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    normalised: np.ndarray = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    return normalised
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,119 @@
+"""``clipserve index build|list|delete-items`` and ``clipserve search`` on the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clipserve.errors import InvalidInputError
+from clipserve.settings import Settings
+
+_DATA_DIR_HELP = "Where indexes live [$CLIPSERVE_DATA_DIR or ~/.local/share/clipserve]."
+
+
+def _catalog(data_dir: Path | None) -> Any:
+    from clipserve.index.collection import Catalog
+
+    root = data_dir or Settings().data_dir
+    return Catalog(root / "indexes")
+
+
+@click.group()
+def index() -> None:
+    """Build and inspect the search indexes."""
+
+
+@index.command("build")
+@click.argument("embed_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", "-n", required=True, help="Index name (created if new).")
+@click.option("--images/--no-images", default=True, show_default=True, help="Add image vectors.")
+@click.option("--texts/--no-texts", default=True, show_default=True, help="Add caption vectors.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=_DATA_DIR_HELP)
+def build(embed_dir: Path, name: str, images: bool, texts: bool, data_dir: Path | None) -> None:
+    """Index the output of `clipserve embed` (rerunning replaces items, never duplicates).
+
+    \b
+    clipserve embed photos/ -o out/ && clipserve index build out/ --name photos
+    """
+    from clipserve.index.build import build_index
+
+    catalog = _catalog(data_dir)
+    try:
+        result = build_index(embed_dir, catalog, name, images=images, texts=texts)
+        summary = {**catalog.open(name).describe(), "added_images": result.images}
+        summary |= {"added_texts": result.texts, "skipped_rows": result.skipped}
+    finally:
+        catalog.close()
+    click.echo(json.dumps(summary))
+
+
+@index.command("list")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=_DATA_DIR_HELP)
+def list_indexes(data_dir: Path | None) -> None:
+    """The indexes, one JSON object per line: name, model, dim, count, layout."""
+    catalog = _catalog(data_dir)
+    try:
+        for name in catalog.names():
+            click.echo(json.dumps(catalog.open(name).describe()))
+    finally:
+        catalog.close()
+
+
+@click.command()
+@click.argument("name")
+@click.argument("query")
+@click.option("--k", "-k", type=int, default=10, show_default=True, help="Results.")
+@click.option(
+    "--filter", "filter_json", help='Metadata conditions, e.g. \'{"year": {"gte": 2020}}\'.'
+)
+@click.option("--modality", type=click.Choice(["image", "text"]), help="Only these items.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=_DATA_DIR_HELP)
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32")
+def search(
+    name: str,
+    query: str,
+    k: int,
+    filter_json: str | None,
+    modality: str | None,
+    data_dir: Path | None,
+    precision: str,
+) -> None:
+    """Search index NAME with QUERY: a text, or the path of an image file.
+
+    Prints one JSON object per result, best first: id, score, modality, metadata.
+
+    \b
+    clipserve search photos "a red car" --k 10
+    clipserve search photos query.jpg --modality image --filter '{"width": {"gte": 1000}}'
+    """
+    from clipserve.engine import Engine
+
+    filters = _filters(filter_json)
+    catalog = _catalog(data_dir)
+    try:
+        target = catalog.open(name)
+        item: str | Path = Path(query) if Path(query).is_file() else query
+        settings = Settings(models=[target.model], precision=precision)
+        with Engine(settings) as engine:
+            vector = engine.encode([item])[0]
+        hits = target.search(vector, k, filters=filters, modality=modality)[0]
+    finally:
+        catalog.close()
+    for hit in hits:
+        result = {"id": hit.id, "score": round(hit.score, 6), "modality": hit.modality}
+        click.echo(json.dumps({**result, "metadata": hit.metadata}))
+
+
+def _filters(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInputError(f"--filter is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidInputError("--filter must be a JSON object of conditions")
+    return value

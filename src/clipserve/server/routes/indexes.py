@@ -1,0 +1,226 @@
+"""``/v1/indexes``: create indexes, add, get and delete items, and search them.
+
+Index writes are durable when the response is sent (SQLite commits with fsync). Inputs are
+checked and embedded exactly as in ``/v1/encode``; blocking index work runs in a thread so the
+event loop keeps answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Body
+
+from clipserve.engine import Engine
+from clipserve.errors import InvalidInputError, ModelNotFoundError
+from clipserve.index import Hit, Index, ItemNotFoundError, NewItem
+from clipserve.server.auth import RequireKey
+from clipserve.server.index_schemas import (
+    ADD_EXAMPLES,
+    INDEX_INFO_EXAMPLE,
+    SEARCH_EXAMPLES,
+    SEARCH_RESPONSE_EXAMPLE,
+    AddItemsRequest,
+    AddItemsResponse,
+    CreateIndexRequest,
+    DeleteResponse,
+    IndexInfo,
+    IndexList,
+    ItemIn,
+    ItemOut,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+)
+from clipserve.server.inputs import check_count, resolve, served_model
+from clipserve.server.schemas import ERROR_RESPONSES, json_example
+from clipserve.server.state import EngineDep, ServerState, StateDep
+
+router = APIRouter(prefix="/v1/indexes", tags=["indexes"], dependencies=[RequireKey])
+
+
+@router.get(
+    "",
+    summary="List the indexes",
+    responses={**json_example({"data": [INDEX_INFO_EXAMPLE]}), **ERROR_RESPONSES},
+)
+async def list_indexes(state: StateDep) -> IndexList:
+    """Every index under the server's data directory, with its model, size and layout."""
+    catalog = state.index_catalog()
+    names = await asyncio.to_thread(catalog.names)
+    infos = [await asyncio.to_thread(_info, catalog.open(name)) for name in names]
+    return IndexList(data=infos)
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Create an index",
+    responses={**json_example(INDEX_INFO_EXAMPLE), **ERROR_RESPONSES},
+)
+async def create_index(body: CreateIndexRequest, engine: EngineDep, state: StateDep) -> IndexInfo:
+    """Create an empty index for a served model's vectors (409 if the name is taken)."""
+    model = served_model(state, body.model)
+    dim = engine.model(model).embed_dim
+    catalog = state.index_catalog()
+    index = await asyncio.to_thread(catalog.create, body.name, model=model, dim=dim)
+    return _info(index)
+
+
+@router.get(
+    "/{name}",
+    summary="Describe an index",
+    responses={**json_example(INDEX_INFO_EXAMPLE), **ERROR_RESPONSES},
+)
+async def get_index(name: str, state: StateDep) -> IndexInfo:
+    """The index's model, dimension, item count and layout."""
+    return _info(await _open(state, name))
+
+
+@router.post(
+    "/{name}/items",
+    summary="Add or replace items",
+    responses={**json_example({"index": "photos", "added": 2, "count": 1202}), **ERROR_RESPONSES},
+)
+async def add_items(
+    name: str,
+    body: Annotated[AddItemsRequest, Body(openapi_examples=ADD_EXAMPLES)],
+    engine: EngineDep,
+    state: StateDep,
+) -> AddItemsResponse:
+    """Embed the items' inputs (or take their vectors) and write them; an existing id is
+    replaced. Durable when the response arrives."""
+    index = await _open(state, name)
+    check_count(len(body.items), "items", state)
+    model = _index_model(state, index)
+    vectors = await _item_vectors(body.items, index, engine, model, state)
+    items = [
+        NewItem(item.id, modality, item.metadata, vector)
+        for item, (modality, vector) in zip(body.items, vectors, strict=True)
+    ]
+    await asyncio.to_thread(index.upsert, items)
+    return AddItemsResponse(index=name, added=len(items), count=len(index))
+
+
+@router.get(
+    "/{name}/items/{item_id}",
+    summary="Get an item",
+    responses={
+        **json_example({"id": "photo-1", "modality": "image", "metadata": {}}),
+        **ERROR_RESPONSES,
+    },
+)
+async def get_item(name: str, item_id: str, state: StateDep) -> ItemOut:
+    """The item's modality and metadata; 404 if there is no such item."""
+    index = await _open(state, name)
+    stored = await asyncio.to_thread(index.get, item_id)
+    if stored is None:
+        raise ItemNotFoundError(f"index {name!r} has no item {item_id!r}")
+    return ItemOut(id=stored.id, modality=stored.modality, metadata=stored.metadata)
+
+
+@router.delete(
+    "/{name}/items/{item_id}",
+    summary="Delete an item",
+    responses={
+        **json_example({"index": "photos", "id": "photo-1", "deleted": True}),
+        **ERROR_RESPONSES,
+    },
+)
+async def delete_item(name: str, item_id: str, state: StateDep) -> DeleteResponse:
+    """Delete the item (``deleted: false`` if it did not exist). Durable on response."""
+    index = await _open(state, name)
+    deleted = await asyncio.to_thread(index.delete, [item_id])
+    return DeleteResponse(index=name, id=item_id, deleted=bool(deleted))
+
+
+@router.post(
+    "/{name}/search",
+    summary="Search an index",
+    responses={**json_example(SEARCH_RESPONSE_EXAMPLE), **ERROR_RESPONSES},
+)
+async def search_index(
+    name: str,
+    body: Annotated[SearchRequest, Body(openapi_examples=SEARCH_EXAMPLES)],
+    engine: EngineDep,
+    state: StateDep,
+) -> SearchResponse:
+    """The ``k`` items nearest to the query (a text, an image or a vector), best first.
+
+    ``modality`` restricts the results (``image`` for text→image, ``text`` for image→text);
+    ``filter`` applies metadata conditions (equality, ``gt``/``gte``/``lt``/``lte``, ``in``,
+    ``ne``; dotted keys reach nested fields).
+    """
+    index = await _open(state, name)
+    model = _index_model(state, index)
+    if body.vector is not None:
+        query = _vector(body.vector, index, "vector")
+    else:
+        assert body.input is not None
+        items = await resolve([body.input], "input", state)
+        query = (await engine.aencode(items, model=model, normalize=True))[0]
+    results = await asyncio.to_thread(
+        index.search, query, body.k, filters=body.filter, modality=body.modality
+    )
+    return SearchResponse(index=name, model=index.model, results=_hits(results[0]))
+
+
+# ----------------------------------------------------------------------------- helpers
+async def _open(state: ServerState, name: str) -> Index:
+    return await asyncio.to_thread(state.index_catalog().open, name)
+
+
+def _info(index: Index) -> IndexInfo:
+    described = index.describe()
+    return IndexInfo(**{key: described[key] for key in IndexInfo.model_fields})
+
+
+def _index_model(state: ServerState, index: Index) -> str:
+    """The served model whose vectors ``index`` holds (a 404 if it is not served here)."""
+    try:
+        return served_model(state, index.model)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"index {index.name!r} holds vectors of {index.model!r}, which this server does "
+            "not serve: start it with that model to add or search by text or image"
+        ) from exc
+
+
+async def _item_vectors(
+    items: list[ItemIn], index: Index, engine: Engine, model: str, state: ServerState
+) -> list[tuple[str, np.ndarray]]:
+    """``(modality, vector)`` per item: inputs embedded in one engine call, vectors checked."""
+    to_embed = [(i, item.input) for i, item in enumerate(items) if item.input is not None]
+    out: list[tuple[str, np.ndarray] | None] = [None] * len(items)
+    if to_embed:
+        # One input per resolve, so that an error names the item's own position.
+        parts = await asyncio.gather(
+            *(resolve([raw], f"items[{i}].input", state) for i, raw in to_embed)
+        )
+        resolved = [part[0] for part in parts]
+        vectors = await engine.aencode(resolved, model=model, normalize=True)
+        for (i, _), ready, vector in zip(to_embed, resolved, vectors, strict=True):
+            out[i] = ("text" if isinstance(ready, str) else "image", vector)
+    for i, item in enumerate(items):
+        if item.vector is not None:
+            out[i] = ("vector", _vector(item.vector, index, f"items[{i}].vector"))
+    return [entry for entry in out if entry is not None]
+
+
+def _vector(values: list[float], index: Index, where: str) -> np.ndarray:
+    vector = np.asarray(values, dtype=np.float32)
+    if vector.shape != (index.dim,) or not np.isfinite(vector).all():
+        raise InvalidInputError(f"{where}: a vector of {index.dim} finite numbers is needed")
+    norm = float(np.linalg.norm(vector))
+    if norm == 0:
+        raise InvalidInputError(f"{where}: the zero vector has no direction")
+    return vector / norm
+
+
+def _hits(hits: list[Hit]) -> list[SearchHit]:
+    return [
+        SearchHit(id=hit.id, score=hit.score, modality=hit.modality, metadata=hit.metadata)
+        for hit in hits
+    ]
