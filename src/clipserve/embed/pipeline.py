@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from clipserve.embed.decode import Decoded, decode, exit_with
+from clipserve.embed.decode import Decoded, decode, init_worker, warm_up
 from clipserve.embed.download import Downloader
 from clipserve.embed.options import EmbedOptions
 from clipserve.embed.output import (
@@ -48,6 +49,8 @@ class EmbedResult:
     manifest: dict[str, Any]
     shards_written: int
     shards_skipped: int
+    #: Seconds spent embedding and writing this run's shards (after the model was loaded).
+    seconds: float = 0.0
 
 
 def job_spec(
@@ -99,11 +102,12 @@ def plan_job(records: Sequence[Record], spec: JobSpec, options: EmbedOptions) ->
     return JobPlan(spec, shards, pending)
 
 
-def finish_job(plan: JobPlan, options: EmbedOptions) -> EmbedResult:
+def finish_job(plan: JobPlan, options: EmbedOptions, seconds: float) -> EmbedResult:
     """Write the manifest of a job whose shards are all complete."""
     errors = count_errors(options.output, len(plan.shards))
     manifest = write_manifest(options.output, plan.spec, len(plan.shards), errors)
-    return EmbedResult(manifest, len(plan.pending), len(plan.shards) - len(plan.pending))
+    skipped = len(plan.shards) - len(plan.pending)
+    return EmbedResult(manifest, len(plan.pending), skipped, seconds)
 
 
 def run_local(records: Sequence[Record], settings: Settings, options: EmbedOptions) -> EmbedResult:
@@ -112,14 +116,17 @@ def run_local(records: Sequence[Record], settings: Settings, options: EmbedOptio
     Raises:
         InvalidInputError: ``options.output`` holds a different job's output.
     """
-    with Engine(settings) as engine:
+    # The decode workers start (and import) while the model loads.
+    with _Decoder(options) as decoder, Engine(settings) as engine:
         clip = engine.model()
         spec = job_spec(records, clip.name, clip.embed_dim, settings, options)
         plan = plan_job(records, spec, options)
         work = [(i, plan.shards[i]) for i in plan.pending]
+        start = time.perf_counter()
         with Progress(len(records), plan.done_items, options.show_progress) as progress:
-            _embed_shards(engine, clip, work, options, progress)
-    return finish_job(plan, options)
+            _embed_shards(engine, clip, decoder, work, options, progress)
+        seconds = time.perf_counter() - start
+    return finish_job(plan, options, seconds)
 
 
 def count_errors(output: Path, shards: int) -> int:
@@ -137,17 +144,18 @@ def count_errors(output: Path, shards: int) -> int:
 def _embed_shards(
     engine: Engine,
     clip: ClipModel,
+    decoder: _Decoder,
     shards: list[tuple[int, Sequence[Record]]],
     options: EmbedOptions,
     progress: Progress,
 ) -> None:
     writer = ShardWriter(options.output)
     try:
-        with _Decoder(clip.preprocess, options) as decoder:
-            decoded = decoder.decode_in_order(record for _, shard in shards for record in shard)
-            for index, shard in shards:
-                rows = _shard_rows(index, shard, decoded, engine, clip, options, progress)
-                writer.put(rows)
+        records = (record for _, shard in shards for record in shard)
+        decoded = decoder.decode_in_order(records, clip.preprocess)
+        for index, shard in shards:
+            rows = _shard_rows(index, shard, decoded, engine, clip, options, progress)
+            writer.put(rows)
     finally:
         writer.close()
 
@@ -216,41 +224,45 @@ def caption_vectors(engine: Engine, captions: list[str | None], dim: int) -> np.
 class _Decoder:
     """Decodes records in worker processes, yielding results in input order."""
 
-    def __init__(self, cfg: PreprocessConfig, options: EmbedOptions) -> None:
-        self._cfg = cfg
-        workers = options.workers or os.cpu_count() or 1
+    def __init__(self, options: EmbedOptions) -> None:
+        workers = max(1, options.workers or os.cpu_count() or 1)
         # forkserver: the parent holds onnxruntime threads, which a plain fork must not copy.
         context = multiprocessing.get_context("forkserver")
         self._pool = cf.ProcessPoolExecutor(
-            max(1, workers), mp_context=context, initializer=exit_with, initargs=(os.getpid(),)
+            workers, mp_context=context, initializer=init_worker, initargs=(os.getpid(),)
         )
+        # Start the workers now: they import while the model loads, not after.
+        for _ in range(workers):
+            self._pool.submit(warm_up)
         self._downloads = cf.ThreadPoolExecutor(options.download.concurrency)
         self._downloader = Downloader(options.download)
         self._window = max(2 * options.batch_size, 4 * workers, options.download.concurrency)
 
-    def decode_in_order(self, records: Iterator[Record]) -> Iterator[Decoded]:
+    def decode_in_order(
+        self, records: Iterator[Record], cfg: PreprocessConfig
+    ) -> Iterator[Decoded]:
         """Results of ``records`` in order, with up to a window of them being worked on."""
         pending: deque[cf.Future[Decoded]] = deque()
         for record in records:
-            pending.append(self._submit(record))
+            pending.append(self._submit(record, cfg))
             if len(pending) >= self._window:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
-    def _submit(self, record: Record) -> cf.Future[Decoded]:
+    def _submit(self, record: Record, cfg: PreprocessConfig) -> cf.Future[Decoded]:
         image = record.image
         if image is None:
             return _done(Decoded(None, error="no image"))
         if isinstance(image, Url):
-            return self._downloads.submit(self._download_and_decode, image.url)
-        return self._pool.submit(decode, image, self._cfg)
+            return self._downloads.submit(self._download_and_decode, image.url, cfg)
+        return self._pool.submit(decode, image, cfg)
 
-    def _download_and_decode(self, url: str) -> Decoded:
+    def _download_and_decode(self, url: str, cfg: PreprocessConfig) -> Decoded:
         download = self._downloader.fetch(url)
         if download.data is None:
             return Decoded(None, error=f"download failed: {download.error}")
-        return self._pool.submit(decode, download.data, self._cfg).result()
+        return self._pool.submit(decode, download.data, cfg).result()
 
     def __enter__(self) -> _Decoder:
         return self

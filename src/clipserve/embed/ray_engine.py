@@ -11,6 +11,7 @@ Needs the ``ray`` extra (``pip install 'clipserve[ray]'``).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -73,6 +74,7 @@ def run_ray(
         directory, max_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft
     )
     work = [(i, plan.shards[i]) for i in plan.pending]
+    start = time.perf_counter()
     rows = [row for index, shard in work for row in _rows(index, shard)]
     if rows:
         results = _results(ray, rows, local, cfg, options, actors)
@@ -83,7 +85,7 @@ def run_ray(
                     writer.put(_shard(index, shard, results, meta.embed_dim, options, progress))
         finally:
             writer.close()
-    return finish_job(plan, options)
+    return finish_job(plan, options, time.perf_counter() - start)
 
 
 def _import_ray() -> Any:
