@@ -425,5 +425,5 @@ def _engine(state: ServerState) -> Engine:
 
 
 def _at(where: str, index: int, count: int) -> str:
-    single = where in ("query", "body", "input") or where.endswith(".input")
+    single = where in ("query", "body") or where.endswith(".input")
     return where if single and count == 1 else f"{where}[{index}]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -56,6 +57,12 @@ def _metric(text: str, name: str, **labels: str) -> float:
     )
 
 
+def _closed(http: httpx.Client) -> float:
+    """Requests answered 499 (client closed the connection) so far."""
+    text = http.get("/metrics").text
+    return _metric(text, "clipserve_http_requests_total", route="/v1/encode", status="499")
+
+
 def test_a_client_that_leaves_costs_no_inference(make_settings: Any) -> None:
     with live_server(make_settings()) as server, server.client() as http:
         clip = server.app.state.clipserve.engine.model()
@@ -73,6 +80,12 @@ def test_a_client_that_leaves_costs_no_inference(make_settings: Any) -> None:
             assert session.entered.wait(30)
             with pytest.raises(httpx.ReadTimeout), server.client(timeout=1.0) as impatient:
                 impatient.post("/v1/encode", json={"inputs": images[1:]})
+            # Hold the model until the server has seen the client go (a 499), as it would
+            # under real load; releasing it earlier races the disconnect notice.
+            deadline = time.monotonic() + 30
+            while _closed(http) < 1:
+                assert time.monotonic() < deadline, "the server never noticed the client leave"
+                time.sleep(0.02)
         finally:
             gate.set()
         first.join(60)
@@ -80,5 +93,4 @@ def test_a_client_that_leaves_costs_no_inference(make_settings: Any) -> None:
         # Only the first request's image ran; the five of the client that left never did.
         assert _metric(text, "clipserve_items_encoded_total") - before == 1
         assert _metric(text, "clipserve_items_dropped_total", modality="image") <= 5
-        closed = _metric(text, "clipserve_http_requests_total", route="/v1/encode", status="499")
-        assert closed == 1
+        assert _closed(http) == 1

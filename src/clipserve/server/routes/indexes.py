@@ -159,7 +159,7 @@ async def search_index(
         query = _vector(body.vector, index, "vector")
     else:
         assert body.input is not None
-        items = await resolve([body.input], "input", state)
+        items = await resolve([body.input], "body.input", state)
         query = (await engine.aencode(items, model=model, normalize=True))[0]
     results = await asyncio.to_thread(
         index.search, query, body.k, filters=body.filter, modality=body.modality
