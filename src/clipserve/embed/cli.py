@@ -75,6 +75,8 @@ def embed(
     clipserve embed urls.parquet -o out/ --caption-column text --carry id,license
     """
     records = read_inputs(inputs, url_column, caption_column, _columns(carry))
+    if not records:
+        raise InvalidInputError(f"nothing to embed: no images or rows in {', '.join(inputs)}")
     options = EmbedOptions(
         output=output,
         images=images,

@@ -216,7 +216,10 @@ def caption_vectors(engine: Engine, captions: list[str | None], dim: int) -> np.
     vectors = np.zeros((len(captions), dim), np.float32)
     present = [i for i, caption in enumerate(captions) if caption is not None]
     if present:
-        texts = [captions[i] or "" for i in present]
+        # Only the first 77 tokens count; cutting a huge caption at the engine's character
+        # limit changes nothing but keeps it from failing the job.
+        limit = engine.settings.max_text_chars
+        texts = [(captions[i] or "")[:limit] for i in present]
         vectors[present] = engine.encode_texts(texts, normalize=True)
     return vectors
 

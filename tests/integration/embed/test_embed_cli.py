@@ -104,3 +104,8 @@ def test_bad_invocations_get_one_clear_line(
         clipserve_cache,
     )
     assert code == 2 and "nothing to embed" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(
+        [str(tmp_path / "empty"), "-o", str(tmp_path / "q"), *model], clipserve_cache
+    )
+    assert code == 2 and "no images or rows" in err

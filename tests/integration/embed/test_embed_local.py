@@ -147,13 +147,15 @@ def test_a_csv_table_and_texts_only(
     tiny_settings: Settings, tiny_engine: Engine, tmp_path: Path
 ) -> None:
     path = tmp_path / "captions.csv"
-    path.write_text('url,caption\n,"a red circle"\n,"a blue square, small"\n')
+    huge = "a green ring " * 20_000  # 260,000 characters: over the engine's text limit
+    path.write_text(f'url,caption\n,"a red circle"\n,"a blue square, small"\n,"{huge}"\n')
     records = list(table_records(path))
     run_local(records, tiny_settings, EmbedOptions(tmp_path / "out", images=False))
     out = read_output(tmp_path / "out")
     assert out.images is None and out.texts is not None
-    assert [row["status"] for row in out.metadata] == ["ok", "ok"]
-    expected = tiny_engine.encode_texts(["a red circle", "a blue square, small"])
+    assert [row["status"] for row in out.metadata] == ["ok", "ok", "ok"]
+    cut = huge[: tiny_settings.max_text_chars]  # the same first 77 tokens
+    expected = tiny_engine.encode_texts(["a red circle", "a blue square, small", cut])
     np.testing.assert_allclose(out.texts, expected, atol=F16_ATOL)
 
 
