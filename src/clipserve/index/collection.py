@@ -134,7 +134,7 @@ class Index:
         return removed, added
 
     def _maintain(self) -> None:
-        layout = choose_layout(self._store.count(), self.dim, self._memory_budget)
+        layout = choose_layout(self._vectors.count, self.dim, self._memory_budget)
         if layout.kind != self._vectors.layout.kind:
             # The collection outgrew (or shrank below) its layout: retrain from the store.
             self._vectors = self._rebuilt()
@@ -167,7 +167,10 @@ class Index:
 
     # ------------------------------------------------------------ reads
     def __len__(self) -> int:
-        return self._store.count()
+        # FAISS's count: constant time, and always equal to the store's (which SQLite counts
+        # by scanning the table).
+        with self._lock:
+            return self._vectors.count
 
     def get(self, item_id: str) -> StoredItem | None:
         """The item with ``item_id``, or ``None``."""
@@ -242,7 +245,7 @@ class Index:
             "name": self.name,
             "model": self.model,
             "dim": self.dim,
-            "count": len(self),
+            "count": self._store.count(),
             "indexed": self._vectors.count,
             "layout": layout.kind,
             "nlist": layout.nlist or None,

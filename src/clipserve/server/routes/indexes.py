@@ -35,7 +35,7 @@ from clipserve.server.index_schemas import (
     SearchResponse,
 )
 from clipserve.server.inputs import check_count, resolve, served_model
-from clipserve.server.schemas import ERROR_RESPONSES, json_example
+from clipserve.server.schemas import ERROR_RESPONSES, InputItem, json_example
 from clipserve.server.state import EngineDep, ServerState, StateDep
 
 router = APIRouter(prefix="/v1/indexes", tags=["indexes"], dependencies=[RequireKey])
@@ -49,9 +49,12 @@ router = APIRouter(prefix="/v1/indexes", tags=["indexes"], dependencies=[Require
 async def list_indexes(state: StateDep) -> IndexList:
     """Every index under the server's data directory, with its model, size and layout."""
     catalog = state.index_catalog()
-    names = await asyncio.to_thread(catalog.names)
-    infos = [await asyncio.to_thread(_info, catalog.open(name)) for name in names]
-    return IndexList(data=infos)
+
+    def describe_all() -> list[IndexInfo]:
+        # Opening an index may rebuild its vectors: never on the event loop.
+        return [_info(catalog.open(name)) for name in catalog.names()]
+
+    return IndexList(data=await asyncio.to_thread(describe_all))
 
 
 @router.post(
@@ -76,7 +79,7 @@ async def create_index(body: CreateIndexRequest, engine: EngineDep, state: State
 )
 async def get_index(name: str, state: StateDep) -> IndexInfo:
     """The index's model, dimension, item count and layout."""
-    return _info(await _open(state, name))
+    return _info(await open_index(state, name))
 
 
 @router.post(
@@ -92,9 +95,9 @@ async def add_items(
 ) -> AddItemsResponse:
     """Embed the items' inputs (or take their vectors) and write them; an existing id is
     replaced. Durable when the response arrives."""
-    index = await _open(state, name)
+    index = await open_index(state, name)
     check_count(len(body.items), "items", state)
-    model = _index_model(state, index)
+    model = index_model(state, index)
     vectors = await _item_vectors(body.items, index, engine, model, state)
     items = [
         NewItem(item.id, modality, item.metadata, vector)
@@ -114,7 +117,7 @@ async def add_items(
 )
 async def get_item(name: str, item_id: str, state: StateDep) -> ItemOut:
     """The item's modality and metadata; 404 if there is no such item."""
-    index = await _open(state, name)
+    index = await open_index(state, name)
     stored = await asyncio.to_thread(index.get, item_id)
     if stored is None:
         raise ItemNotFoundError(f"index {name!r} has no item {item_id!r}")
@@ -131,7 +134,7 @@ async def get_item(name: str, item_id: str, state: StateDep) -> ItemOut:
 )
 async def delete_item(name: str, item_id: str, state: StateDep) -> DeleteResponse:
     """Delete the item (``deleted: false`` if it did not exist). Durable on response."""
-    index = await _open(state, name)
+    index = await open_index(state, name)
     deleted = await asyncio.to_thread(index.delete, [item_id])
     return DeleteResponse(index=name, id=item_id, deleted=bool(deleted))
 
@@ -153,14 +156,13 @@ async def search_index(
     ``filter`` applies metadata conditions (equality, ``gt``/``gte``/``lt``/``lte``, ``in``,
     ``ne``; dotted keys reach nested fields).
     """
-    index = await _open(state, name)
-    model = _index_model(state, index)
+    index = await open_index(state, name)
+    index_model(state, index)  # a 404 when the model is not served, even for a vector query
     if body.vector is not None:
-        query = _vector(body.vector, index, "vector")
+        query = unit_vector(body.vector, index, "vector")
     else:
         assert body.input is not None
-        items = await resolve([body.input], "body.input", state)
-        query = (await engine.aencode(items, model=model, normalize=True))[0]
+        query = await embed_query(body.input, "body.input", index, engine, state)
     results = await asyncio.to_thread(
         index.search, query, body.k, filters=body.filter, modality=body.modality
     )
@@ -168,8 +170,23 @@ async def search_index(
 
 
 # ----------------------------------------------------------------------------- helpers
-async def _open(state: ServerState, name: str) -> Index:
+async def open_index(state: ServerState, name: str) -> Index:
+    """The index ``name`` of the server's catalog (404 if there is none; opened in a thread)."""
     return await asyncio.to_thread(state.index_catalog().open, name)
+
+
+async def embed_query(
+    raw: InputItem, where: str, index: Index, engine: Engine, state: ServerState
+) -> np.ndarray:
+    """The normalised embedding of one query input (text, image or URL) by the index's model.
+
+    Checked as in ``/v1/encode`` (``where`` names the field in errors); a 404 when the index's
+    model is not served here.
+    """
+    model = index_model(state, index)
+    items = await resolve([raw], where, state)
+    vector: np.ndarray = (await engine.aencode(items, model=model, normalize=True))[0]
+    return vector
 
 
 def _info(index: Index) -> IndexInfo:
@@ -177,7 +194,7 @@ def _info(index: Index) -> IndexInfo:
     return IndexInfo(**{key: described[key] for key in IndexInfo.model_fields})
 
 
-def _index_model(state: ServerState, index: Index) -> str:
+def index_model(state: ServerState, index: Index) -> str:
     """The served model whose vectors ``index`` holds (a 404 if it is not served here)."""
     try:
         return served_model(state, index.model)
@@ -205,11 +222,12 @@ async def _item_vectors(
             out[i] = ("text" if isinstance(ready, str) else "image", vector)
     for i, item in enumerate(items):
         if item.vector is not None:
-            out[i] = ("vector", _vector(item.vector, index, f"items[{i}].vector"))
+            out[i] = ("vector", unit_vector(item.vector, index, f"items[{i}].vector"))
     return [entry for entry in out if entry is not None]
 
 
-def _vector(values: list[float], index: Index, where: str) -> np.ndarray:
+def unit_vector(values: list[float], index: Index, where: str) -> np.ndarray:
+    """``values`` as a unit vector of the index's dimension; a 400 naming ``where`` otherwise."""
     vector = np.asarray(values, dtype=np.float32)
     if vector.shape != (index.dim,) or not np.isfinite(vector).all():
         raise InvalidInputError(f"{where}: a vector of {index.dim} finite numbers is needed")
