@@ -14,7 +14,7 @@ from clipserve.settings import Settings
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 #: Names of the compatibility routers (``clipserve.server.compat``), for ``CLIPSERVE_COMPAT``.
-COMPAT_NAMES = ("bentoml", "clip_as_service", "photofield", "immich", "openai")
+COMPAT_NAMES = ("bentoml", "clip_as_service", "photofield", "immich", "openai", "clip_retrieval")
 
 
 def _split_commas(value: Any) -> Any:

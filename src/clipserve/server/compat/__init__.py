@@ -14,7 +14,7 @@ from fastapi import APIRouter
 
 from clipserve.server.settings import COMPAT_NAMES, ServerSettings
 
-from . import bentoml, clip_as_service, immich, openai, photofield
+from . import bentoml, clip_as_service, clip_retrieval, immich, openai, photofield
 
 #: The router of each compat name.
 ROUTERS: Mapping[str, APIRouter] = {
@@ -23,6 +23,7 @@ ROUTERS: Mapping[str, APIRouter] = {
     "photofield": photofield.router,
     "immich": immich.router,
     "openai": openai.router,
+    "clip_retrieval": clip_retrieval.router,
 }
 assert tuple(ROUTERS) == COMPAT_NAMES, "compat routers and setting names disagree"
 
