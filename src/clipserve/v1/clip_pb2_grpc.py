@@ -59,6 +59,31 @@ class ClipStub:
                 request_serializer=clipserve_dot_v1_dot_clip__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=clipserve_dot_v1_dot_clip__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.CreateIndex = channel.unary_unary(
+                '/clipserve.v1.Clip/CreateIndex',
+                request_serializer=clipserve_dot_v1_dot_clip__pb2.CreateIndexRequest.SerializeToString,
+                response_deserializer=clipserve_dot_v1_dot_clip__pb2.IndexInfo.FromString,
+                _registered_method=True)
+        self.ListIndexes = channel.unary_unary(
+                '/clipserve.v1.Clip/ListIndexes',
+                request_serializer=clipserve_dot_v1_dot_clip__pb2.ListIndexesRequest.SerializeToString,
+                response_deserializer=clipserve_dot_v1_dot_clip__pb2.ListIndexesResponse.FromString,
+                _registered_method=True)
+        self.AddItems = channel.unary_unary(
+                '/clipserve.v1.Clip/AddItems',
+                request_serializer=clipserve_dot_v1_dot_clip__pb2.AddItemsRequest.SerializeToString,
+                response_deserializer=clipserve_dot_v1_dot_clip__pb2.AddItemsResponse.FromString,
+                _registered_method=True)
+        self.DeleteItem = channel.unary_unary(
+                '/clipserve.v1.Clip/DeleteItem',
+                request_serializer=clipserve_dot_v1_dot_clip__pb2.DeleteItemRequest.SerializeToString,
+                response_deserializer=clipserve_dot_v1_dot_clip__pb2.DeleteItemResponse.FromString,
+                _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/clipserve.v1.Clip/Search',
+                request_serializer=clipserve_dot_v1_dot_clip__pb2.SearchRequest.SerializeToString,
+                response_deserializer=clipserve_dot_v1_dot_clip__pb2.SearchResponse.FromString,
+                _registered_method=True)
 
 
 class ClipServicer:
@@ -100,6 +125,39 @@ class ClipServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateIndex(self, request, context):
+        """Indexes (as under HTTP /v1/indexes). Writes are durable when the call returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIndexes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddItems(self, request, context):
+        """Add items (inputs to embed, or ready vectors); an existing id is replaced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteItem(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Search(self, request, context):
+        """The k items nearest to a text, image or vector query, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClipServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +185,31 @@ def add_ClipServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=clipserve_dot_v1_dot_clip__pb2.ListModelsRequest.FromString,
                     response_serializer=clipserve_dot_v1_dot_clip__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'CreateIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateIndex,
+                    request_deserializer=clipserve_dot_v1_dot_clip__pb2.CreateIndexRequest.FromString,
+                    response_serializer=clipserve_dot_v1_dot_clip__pb2.IndexInfo.SerializeToString,
+            ),
+            'ListIndexes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIndexes,
+                    request_deserializer=clipserve_dot_v1_dot_clip__pb2.ListIndexesRequest.FromString,
+                    response_serializer=clipserve_dot_v1_dot_clip__pb2.ListIndexesResponse.SerializeToString,
+            ),
+            'AddItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddItems,
+                    request_deserializer=clipserve_dot_v1_dot_clip__pb2.AddItemsRequest.FromString,
+                    response_serializer=clipserve_dot_v1_dot_clip__pb2.AddItemsResponse.SerializeToString,
+            ),
+            'DeleteItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteItem,
+                    request_deserializer=clipserve_dot_v1_dot_clip__pb2.DeleteItemRequest.FromString,
+                    response_serializer=clipserve_dot_v1_dot_clip__pb2.DeleteItemResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=clipserve_dot_v1_dot_clip__pb2.SearchRequest.FromString,
+                    response_serializer=clipserve_dot_v1_dot_clip__pb2.SearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +347,141 @@ class Clip:
             '/clipserve.v1.Clip/ListModels',
             clipserve_dot_v1_dot_clip__pb2.ListModelsRequest.SerializeToString,
             clipserve_dot_v1_dot_clip__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.Clip/CreateIndex',
+            clipserve_dot_v1_dot_clip__pb2.CreateIndexRequest.SerializeToString,
+            clipserve_dot_v1_dot_clip__pb2.IndexInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIndexes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.Clip/ListIndexes',
+            clipserve_dot_v1_dot_clip__pb2.ListIndexesRequest.SerializeToString,
+            clipserve_dot_v1_dot_clip__pb2.ListIndexesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.Clip/AddItems',
+            clipserve_dot_v1_dot_clip__pb2.AddItemsRequest.SerializeToString,
+            clipserve_dot_v1_dot_clip__pb2.AddItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.Clip/DeleteItem',
+            clipserve_dot_v1_dot_clip__pb2.DeleteItemRequest.SerializeToString,
+            clipserve_dot_v1_dot_clip__pb2.DeleteItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.Clip/Search',
+            clipserve_dot_v1_dot_clip__pb2.SearchRequest.SerializeToString,
+            clipserve_dot_v1_dot_clip__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,14 @@ class ClipStub:
     """Zero-shot classification of images among labels."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_clip_pb2.ListModelsRequest, _clip_pb2.ListModelsResponse]
     """The served models, default first."""
+    CreateIndex: _grpc.UnaryUnaryMultiCallable[_clip_pb2.CreateIndexRequest, _clip_pb2.IndexInfo]
+    """Indexes (as under HTTP /v1/indexes). Writes are durable when the call returns."""
+    ListIndexes: _grpc.UnaryUnaryMultiCallable[_clip_pb2.ListIndexesRequest, _clip_pb2.ListIndexesResponse]
+    AddItems: _grpc.UnaryUnaryMultiCallable[_clip_pb2.AddItemsRequest, _clip_pb2.AddItemsResponse]
+    """Add items (inputs to embed, or ready vectors); an existing id is replaced."""
+    DeleteItem: _grpc.UnaryUnaryMultiCallable[_clip_pb2.DeleteItemRequest, _clip_pb2.DeleteItemResponse]
+    Search: _grpc.UnaryUnaryMultiCallable[_clip_pb2.SearchRequest, _clip_pb2.SearchResponse]
+    """The k items nearest to a text, image or vector query, best first."""
 
 @_typing.type_check_only
 class ClipAsyncStub(ClipStub):
@@ -73,6 +81,14 @@ class ClipAsyncStub(ClipStub):
     """Zero-shot classification of images among labels."""
     ListModels: _aio.UnaryUnaryMultiCallable[_clip_pb2.ListModelsRequest, _clip_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The served models, default first."""
+    CreateIndex: _aio.UnaryUnaryMultiCallable[_clip_pb2.CreateIndexRequest, _clip_pb2.IndexInfo]  # type: ignore[assignment]
+    """Indexes (as under HTTP /v1/indexes). Writes are durable when the call returns."""
+    ListIndexes: _aio.UnaryUnaryMultiCallable[_clip_pb2.ListIndexesRequest, _clip_pb2.ListIndexesResponse]  # type: ignore[assignment]
+    AddItems: _aio.UnaryUnaryMultiCallable[_clip_pb2.AddItemsRequest, _clip_pb2.AddItemsResponse]  # type: ignore[assignment]
+    """Add items (inputs to embed, or ready vectors); an existing id is replaced."""
+    DeleteItem: _aio.UnaryUnaryMultiCallable[_clip_pb2.DeleteItemRequest, _clip_pb2.DeleteItemResponse]  # type: ignore[assignment]
+    Search: _aio.UnaryUnaryMultiCallable[_clip_pb2.SearchRequest, _clip_pb2.SearchResponse]  # type: ignore[assignment]
+    """The k items nearest to a text, image or vector query, best first."""
 
 class ClipServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -116,5 +132,43 @@ class ClipServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_clip_pb2.ListModelsResponse, _abc.Awaitable[_clip_pb2.ListModelsResponse]]:
         """The served models, default first."""
+
+    @_abc_1.abstractmethod
+    def CreateIndex(
+        self,
+        request: _clip_pb2.CreateIndexRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clip_pb2.IndexInfo, _abc.Awaitable[_clip_pb2.IndexInfo]]:
+        """Indexes (as under HTTP /v1/indexes). Writes are durable when the call returns."""
+
+    @_abc_1.abstractmethod
+    def ListIndexes(
+        self,
+        request: _clip_pb2.ListIndexesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clip_pb2.ListIndexesResponse, _abc.Awaitable[_clip_pb2.ListIndexesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddItems(
+        self,
+        request: _clip_pb2.AddItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clip_pb2.AddItemsResponse, _abc.Awaitable[_clip_pb2.AddItemsResponse]]:
+        """Add items (inputs to embed, or ready vectors); an existing id is replaced."""
+
+    @_abc_1.abstractmethod
+    def DeleteItem(
+        self,
+        request: _clip_pb2.DeleteItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clip_pb2.DeleteItemResponse, _abc.Awaitable[_clip_pb2.DeleteItemResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Search(
+        self,
+        request: _clip_pb2.SearchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clip_pb2.SearchResponse, _abc.Awaitable[_clip_pb2.SearchResponse]]:
+        """The k items nearest to a text, image or vector query, best first."""
 
 def add_ClipServicer_to_server(servicer: ClipServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,6 +26,7 @@ from clipserve.errors import (
     RequestTimeoutError,
     TextTooLongError,
 )
+from clipserve.index.collection import IndexExistsError, IndexNotFoundError, ItemNotFoundError
 from clipserve.server.errors import (
     NotReadyError,
     PayloadTooLargeError,
@@ -49,6 +50,9 @@ CODES: Mapping[type[ClipServeError], grpc.StatusCode] = {
     InvalidInputError: Code.INVALID_ARGUMENT,
     UnauthorizedError: Code.UNAUTHENTICATED,
     ModelNotFoundError: Code.NOT_FOUND,
+    IndexNotFoundError: Code.NOT_FOUND,
+    ItemNotFoundError: Code.NOT_FOUND,
+    IndexExistsError: Code.ALREADY_EXISTS,
     NotReadyError: Code.UNAVAILABLE,
     ModelUnavailableError: Code.UNAVAILABLE,
     RequestTimeoutError: Code.DEADLINE_EXCEEDED,

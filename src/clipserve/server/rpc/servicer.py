@@ -10,7 +10,7 @@ from clipserve.engine import DEFAULT_TEMPLATES
 from clipserve.server.formats import classify_response, rank_response
 from clipserve.server.inputs import check_count, parse_classify, parse_rank, resolve, served_model
 from clipserve.server.routes.models import list_models
-from clipserve.server.rpc import convert
+from clipserve.server.rpc import convert, indexes
 from clipserve.server.rpc.calls import Calls, Context
 from clipserve.server.rpc.stream import EncodeStream
 from clipserve.server.schemas import ClassifyRequest, RankRequest
@@ -59,6 +59,46 @@ class ClipService(clip_pb2_grpc.ClipServicer):
     ) -> clip_pb2.ListModelsResponse:
         """The served models, default first."""
         return await self.calls.unary("ListModels", context, self._list_models)
+
+    async def CreateIndex(
+        self, request: clip_pb2.CreateIndexRequest, context: Context
+    ) -> clip_pb2.IndexInfo:
+        """A new, empty index for a served model's vectors."""
+        return await self.calls.unary(
+            "CreateIndex", context, lambda: indexes.create_index(self.state, request)
+        )
+
+    async def ListIndexes(
+        self, request: clip_pb2.ListIndexesRequest, context: Context
+    ) -> clip_pb2.ListIndexesResponse:
+        """The indexes, with model, size and layout."""
+        return await self.calls.unary(
+            "ListIndexes", context, lambda: indexes.list_indexes(self.state)
+        )
+
+    async def AddItems(
+        self, request: clip_pb2.AddItemsRequest, context: Context
+    ) -> clip_pb2.AddItemsResponse:
+        """Add or replace items; durable on return."""
+        return await self.calls.unary(
+            "AddItems", context, lambda: indexes.add_items(self.state, request)
+        )
+
+    async def DeleteItem(
+        self, request: clip_pb2.DeleteItemRequest, context: Context
+    ) -> clip_pb2.DeleteItemResponse:
+        """Delete an item; durable on return."""
+        return await self.calls.unary(
+            "DeleteItem", context, lambda: indexes.delete_item(self.state, request)
+        )
+
+    async def Search(
+        self, request: clip_pb2.SearchRequest, context: Context
+    ) -> clip_pb2.SearchResponse:
+        """The k nearest items to a text, image or vector, best first."""
+        return await self.calls.unary(
+            "Search", context, lambda: indexes.search(self.state, request)
+        )
 
     # ------------------------------------------------------------------ handlers
     async def _encode(self, request: clip_pb2.EncodeRequest) -> clip_pb2.EncodeResponse:
