@@ -176,6 +176,17 @@ class Index:
         """The item with ``item_id``, or ``None``."""
         return self._store.get(item_id)
 
+    def thumbnail(self, item_id: str) -> bytes | None:
+        """The item's JPEG thumbnail, if it was added with one."""
+        return self._store.thumbnail(item_id)
+
+    def vector(self, item_id: str) -> np.ndarray:
+        """The item's stored vector (to search for items like it)."""
+        vector = self._store.vector(item_id)
+        if vector is None:
+            raise ItemNotFoundError(f"index {self.name!r} has no item {item_id!r}")
+        return vector
+
     def search(
         self,
         queries: np.ndarray,

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS items (
     metadata TEXT NOT NULL,
     vector BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, jpeg BLOB NOT NULL);
 """
 
 
@@ -48,12 +49,14 @@ class StoredItem:
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item to add or replace: its id, modality, metadata and (normalised) vector."""
+    """An item to add or replace: its id, modality, metadata, (normalised) vector and, for an
+    image, optionally a small JPEG to show it by."""
 
     id: str
     modality: str
     metadata: dict[str, Any]
     vector: np.ndarray
+    thumbnail: bytes | None = None
 
 
 class ItemStore:
@@ -103,7 +106,12 @@ class ItemStore:
             if removed:
                 marks = ", ".join("?" * len(removed))
                 self._db.execute(f"DELETE FROM items WHERE row IN ({marks})", removed)
+            self._db.executemany("DELETE FROM thumbnails WHERE id = ?", [(i,) for i in ids])
             added = [self._insert(item) for item in upserts]
+            self._db.executemany(
+                "INSERT INTO thumbnails (id, jpeg) VALUES (?, ?)",
+                [(item.id, item.thumbnail) for item in upserts if item.thumbnail is not None],
+            )
             self._db.execute(
                 "INSERT INTO info (key, value) VALUES ('generation', '1') ON CONFLICT(key) "
                 "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
@@ -164,6 +172,21 @@ class ItemStore:
                 "SELECT row, id, modality, metadata FROM items WHERE id = ?", (item_id,)
             ).fetchone()
         return None if row is None else StoredItem(row[0], row[1], row[2], json.loads(row[3]))
+
+    def thumbnail(self, item_id: str) -> bytes | None:
+        """The JPEG thumbnail of ``item_id``, if one was stored."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT jpeg FROM thumbnails WHERE id = ?", (item_id,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def vector(self, item_id: str) -> np.ndarray | None:
+        """The stored vector of ``item_id``, if the item exists."""
+        dim = int(self.info("dim") or 0)
+        with self._lock:
+            row = self._db.execute("SELECT vector FROM items WHERE id = ?", (item_id,)).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.float32).reshape(dim)
 
     def matching_rows(self, filters: dict[str, Any] | None, modality: str | None) -> list[int]:
         """FAISS ids of the items that pass ``filters`` and have ``modality`` (if given)."""

@@ -72,10 +72,11 @@ class AddItemsResponse(BaseModel):
 
 
 class SearchRequest(_Strict):
-    """A query — text, image or vector — and what to return."""
+    """A query — text, image, vector or an indexed item's id — and what to return."""
 
     input: InputItem | None = Field(None, description="A text, data URI, URL or input object.")
     vector: list[float] | None = Field(None, description="A ready query embedding.")
+    id: str | None = Field(None, description="An item of this index: find items like it.")
     k: int = Field(10, ge=1, le=1000)
     filter: dict[str, Any] | None = Field(
         None, description='Metadata conditions: {"year": {"gte": 2020}, "tag": "cat"}.'
@@ -86,7 +87,9 @@ class SearchRequest(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchRequest:
-        _one_of_input_or_vector(self.input, self.vector, "a search")
+        given = [name for name in ("input", "vector", "id") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("a search needs exactly one of 'input', 'vector' and 'id'")
         return self
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from clipserve.server.routes import classify, encode, health, indexes, models, rank, stream
+from clipserve.server.routes import (
+    classify,
+    encode,
+    health,
+    indexes,
+    models,
+    page,
+    rank,
+    stream,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     encode.router,
@@ -14,6 +23,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     stream.router,
     indexes.router,
+    page.router,
 )
 
 __all__ = ["ROUTERS"]

@@ -11,11 +11,12 @@ import asyncio
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 
 from clipserve.engine import Engine
 from clipserve.errors import InvalidInputError, ModelNotFoundError
 from clipserve.index import Hit, Index, ItemNotFoundError, NewItem
+from clipserve.index.thumbnails import make_thumbnail
 from clipserve.server.auth import RequireKey
 from clipserve.server.index_schemas import (
     ADD_EXAMPLES,
@@ -98,10 +99,10 @@ async def add_items(
     index = await open_index(state, name)
     check_count(len(body.items), "items", state)
     model = index_model(state, index)
-    vectors = await _item_vectors(body.items, index, engine, model, state)
+    embedded = await _item_vectors(body.items, index, engine, model, state)
     items = [
-        NewItem(item.id, modality, item.metadata, vector)
-        for item, (modality, vector) in zip(body.items, vectors, strict=True)
+        NewItem(item.id, modality, item.metadata, vector, thumbnail)
+        for item, (modality, vector, thumbnail) in zip(body.items, embedded, strict=True)
     ]
     await asyncio.to_thread(index.upsert, items)
     return AddItemsResponse(index=name, added=len(items), count=len(index))
@@ -122,6 +123,26 @@ async def get_item(name: str, item_id: str, state: StateDep) -> ItemOut:
     if stored is None:
         raise ItemNotFoundError(f"index {name!r} has no item {item_id!r}")
     return ItemOut(id=stored.id, modality=stored.modality, metadata=stored.metadata)
+
+
+@router.get(
+    "/{name}/items/{item_id}/thumbnail",
+    summary="An item's thumbnail",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {"example": "<JPEG bytes>"}}, "description": "A JPEG"},
+        **ERROR_RESPONSES,
+    },
+)
+async def get_thumbnail(name: str, item_id: str, state: StateDep) -> Response:
+    """A JPEG of at most 256 pixels a side, for image items added with an image input; 404
+    for other items (texts, vectors, items built from `clipserve embed` output)."""
+    index = await open_index(state, name)
+    jpeg = await asyncio.to_thread(index.thumbnail, item_id)
+    if jpeg is None:
+        raise ItemNotFoundError(f"index {name!r} has no thumbnail for item {item_id!r}")
+    # Immutable per id until the item is replaced: let the browser keep it briefly.
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
 
 
 @router.delete(
@@ -150,7 +171,8 @@ async def search_index(
     engine: EngineDep,
     state: StateDep,
 ) -> SearchResponse:
-    """The ``k`` items nearest to the query (a text, an image or a vector), best first.
+    """The ``k`` items nearest to the query (a text, an image, a vector, or the ``id`` of an
+    item already in the index: "more like this"), best first.
 
     ``modality`` restricts the results (``image`` for text→image, ``text`` for image→text);
     ``filter`` applies metadata conditions (equality, ``gt``/``gte``/``lt``/``lte``, ``in``,
@@ -160,6 +182,8 @@ async def search_index(
     index_model(state, index)  # a 404 when the model is not served, even for a vector query
     if body.vector is not None:
         query = unit_vector(body.vector, index, "vector")
+    elif body.id is not None:
+        query = await asyncio.to_thread(index.vector, body.id)
     else:
         assert body.input is not None
         query = await embed_query(body.input, "body.input", index, engine, state)
@@ -205,12 +229,16 @@ def index_model(state: ServerState, index: Index) -> str:
         ) from exc
 
 
+_Embedded = tuple[str, np.ndarray, bytes | None]
+
+
 async def _item_vectors(
     items: list[ItemIn], index: Index, engine: Engine, model: str, state: ServerState
-) -> list[tuple[str, np.ndarray]]:
-    """``(modality, vector)`` per item: inputs embedded in one engine call, vectors checked."""
+) -> list[_Embedded]:
+    """``(modality, vector, thumbnail)`` per item: inputs embedded in one engine call, images
+    given a thumbnail, ready vectors checked."""
     to_embed = [(i, item.input) for i, item in enumerate(items) if item.input is not None]
-    out: list[tuple[str, np.ndarray] | None] = [None] * len(items)
+    out: list[_Embedded | None] = [None] * len(items)
     if to_embed:
         # One input per resolve, so that an error names the item's own position.
         parts = await asyncio.gather(
@@ -218,11 +246,16 @@ async def _item_vectors(
         )
         resolved = [part[0] for part in parts]
         vectors = await engine.aencode(resolved, model=model, normalize=True)
-        for (i, _), ready, vector in zip(to_embed, resolved, vectors, strict=True):
-            out[i] = ("text" if isinstance(ready, str) else "image", vector)
+        thumbnails = await asyncio.to_thread(
+            lambda: [None if isinstance(item, str) else make_thumbnail(item) for item in resolved]
+        )
+        for (i, _), ready, vector, thumbnail in zip(
+            to_embed, resolved, vectors, thumbnails, strict=True
+        ):
+            out[i] = ("text" if isinstance(ready, str) else "image", vector, thumbnail)
     for i, item in enumerate(items):
         if item.vector is not None:
-            out[i] = ("vector", unit_vector(item.vector, index, f"items[{i}].vector"))
+            out[i] = ("vector", unit_vector(item.vector, index, f"items[{i}].vector"), None)
     return [entry for entry in out if entry is not None]
 
 
