@@ -139,13 +139,14 @@ def export(model: str, precision: str) -> None:
 
 def _register_commands() -> None:
     from clipserve.embed.cli import embed
-    from clipserve.index.cli import index, search
+    from clipserve.index.cli import filter_command, index, search
     from clipserve.server.cli import serve
 
     main.add_command(serve)
     main.add_command(embed)
     main.add_command(index)
     main.add_command(search)
+    main.add_command(filter_command)
 
 
 _register_commands()

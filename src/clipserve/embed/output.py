@@ -6,7 +6,7 @@
       img_emb/img_emb_{N}.npy           float16 [rows, dim], L2-normalised (zeros: no image)
       text_emb/text_emb_{N}.npy         float16 [rows, dim], L2-normalised (zeros: no caption)
       metadata/metadata_{N}.parquet     one row per item: key, source, caption, width, height,
-                                        sha256, status, error, carried columns
+                                        sha256, path, status, error, carried columns
       job.json                          what the job is (model, inputs, shard size): a rerun
                                         must match it to resume
       manifest.json                     written when the job completes: counts and shards
@@ -73,6 +73,7 @@ class ShardRows:
     widths: list[int | None] = field(default_factory=list)
     heights: list[int | None] = field(default_factory=list)
     sha256: list[str | None] = field(default_factory=list)
+    paths: list[str | None] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
     extra: list[dict[str, Any]] = field(default_factory=list)
     image_vectors: np.ndarray | None = None
@@ -141,6 +142,7 @@ def _parquet_bytes(rows: ShardRows) -> bytes:
         "width": pa.array(rows.widths, pa.int32()),
         "height": pa.array(rows.heights, pa.int32()),
         "sha256": pa.array(rows.sha256, pa.string()),
+        "path": pa.array(rows.paths, pa.string()),
         "status": pa.array(["error" if e else "ok" for e in rows.errors], pa.string()),
         "error": pa.array(rows.errors, pa.string()),
     }

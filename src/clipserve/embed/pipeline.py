@@ -35,7 +35,7 @@ from clipserve.embed.output import (
     write_manifest,
     write_shard,
 )
-from clipserve.embed.records import Record, Url
+from clipserve.embed.records import Record, TarMember, Url
 from clipserve.engine import Engine
 from clipserve.models.loader import ClipModel
 from clipserve.models.preprocess import PreprocessConfig
@@ -197,11 +197,23 @@ def add_row(rows: ShardRows, record: Record, item: Decoded, options: EmbedOption
     rows.widths.append(item.width)
     rows.heights.append(item.height)
     rows.sha256.append(item.sha256)
+    rows.paths.append(image_location(record))
     rows.extra.append(record.extra)
     error = item.error if options.images else None
     if error is None and options.texts and not options.images and record.caption is None:
         error = "no caption"
     rows.errors.append(error)
+
+
+def image_location(record: Record) -> str | None:
+    """Where the item's image can be read again: an absolute file path, ``/abs/shard.tar#member``,
+    or its URL (``clipserve filter`` copies images from there)."""
+    image = record.image
+    if isinstance(image, TarMember):
+        return f"{image.path}#{record.source.partition('#')[2]}"
+    if isinstance(image, Url):
+        return image.url
+    return image
 
 
 def _run_images(clip: ClipModel, batch: list[tuple[int, np.ndarray]], rows: ShardRows) -> None:

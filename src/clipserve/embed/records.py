@@ -95,6 +95,7 @@ def expand_braces(pattern: str) -> list[str]:
 
 def folder_records(root: Path) -> Iterator[Record]:
     """The images under ``root`` (recursively), sorted by relative path, with captions."""
+    root = root.resolve()
     paths = sorted(
         path for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
     )
@@ -124,7 +125,8 @@ def tar_records(shards: Sequence[str]) -> Iterator[Record]:
         yield from _shard_records(shard)
 
 
-def _shard_records(shard: str) -> Iterator[Record]:
+def _shard_records(given: str) -> Iterator[Record]:
+    shard = os.path.abspath(given)  # the decode workers and `clipserve filter` read it later
     name = Path(shard).name
     try:
         with tarfile.open(shard, "r:") as archive:
@@ -163,7 +165,7 @@ def _sample_record(
         extra = _member_json(archive, parts[".json"])
     location = TarMember(shard, image.offset_data, image.size) if image is not None else None
     member = image.name if image is not None else key
-    return Record(key, f"{shard}#{member}", location, caption, extra)
+    return Record(key, f"{Path(shard).name}#{member}", location, caption, extra)
 
 
 def _member_text(archive: tarfile.TarFile, member: tarfile.TarInfo | None) -> str | None:

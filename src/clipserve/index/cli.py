@@ -89,22 +89,76 @@ def search(
     clipserve search photos "a red car" --k 10
     clipserve search photos query.jpg --modality image --filter '{"width": {"gte": 1000}}'
     """
-    from clipserve.engine import Engine
-
     filters = _filters(filter_json)
     catalog = _catalog(data_dir)
     try:
         target = catalog.open(name)
-        item: str | Path = Path(query) if Path(query).is_file() else query
-        settings = Settings(models=[target.model], precision=precision)
-        with Engine(settings) as engine:
-            vector = engine.encode([item])[0]
+        vector = _query_vector(target.model, query, precision)
         hits = target.search(vector, k, filters=filters, modality=modality)[0]
     finally:
         catalog.close()
     for hit in hits:
         result = {"id": hit.id, "score": round(hit.score, 6), "modality": hit.modality}
         click.echo(json.dumps({**result, "metadata": hit.metadata}))
+
+
+@click.command("filter")
+@click.argument("name")
+@click.option("--query", "-q", required=True, help="A text, or the path of an image file.")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Folder.")
+@click.option("--num-results", type=int, help="Copy the best K images.")
+@click.option("--threshold", type=float, help="Copy every image at least this similar.")
+@click.option("--filter", "filter_json", help="Metadata conditions as a JSON object.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=_DATA_DIR_HELP)
+def filter_command(
+    name: str,
+    query: str,
+    output: Path,
+    num_results: int | None,
+    threshold: float | None,
+    filter_json: str | None,
+    data_dir: Path | None,
+) -> None:
+    """Copy the images of index NAME that match a query into OUTPUT.
+
+    Images are copied from where `clipserve embed` read them (files, tar shards, URLs);
+    OUTPUT/results.jsonl lists every match with its score, and why any was not copied.
+
+    \b
+    clipserve filter photos --query "a cat" --output cats/ --num-results 100
+    clipserve filter photos --query "a cat" --output cats/ --threshold 0.28
+    """
+    from clipserve.index.filter import filter_index
+
+    filters = _filters(filter_json)
+    catalog = _catalog(data_dir)
+    try:
+        target = catalog.open(name)
+        vector = _query_vector(target.model, query)
+        result = filter_index(
+            target, vector, output, num_results=num_results, threshold=threshold, filters=filters
+        )
+    finally:
+        catalog.close()
+    click.echo(
+        json.dumps(
+            {
+                "matched": result.matched,
+                "copied": result.copied,
+                "skipped": result.skipped,
+                "output": str(output),
+            }
+        )
+    )
+
+
+def _query_vector(model: str, query: str, precision: str = "fp32") -> Any:
+    """The embedding of QUERY (a text, or an existing image file) by ``model``."""
+    from clipserve.engine import Engine
+
+    item: str | Path = Path(query) if Path(query).is_file() else query
+    with Engine(Settings(models=[model], precision=precision)) as engine:
+        return engine.encode([item])[0]
 
 
 def _filters(text: str | None) -> dict[str, Any] | None:

@@ -219,3 +219,29 @@ def test_sigkill_mid_write_leaves_an_index_holding_every_acknowledged_write(
         assert len(index.search(query, k=10_000, modality="vector")[0]) == min(len(index), 10_000)
         catalog.close()
     assert len(added) > 50
+
+
+def test_filter_records_why_an_image_was_not_copied(tmp_path: Path) -> None:
+    from clipserve.index.filter import filter_index
+
+    index = Catalog(tmp_path / "indexes").create("f", model="test-model", dim=DIM)
+    vectors = clustered(3, 1, seed=9)
+    index.upsert(
+        [
+            NewItem("api", "image", {}, vectors[0]),
+            NewItem("gone", "image", {"path": str(tmp_path / "missing.jpg")}, vectors[1]),
+            NewItem("here", "image", {"path": str(tmp_path / "here.png")}, vectors[2]),
+        ]
+    )
+    (tmp_path / "here.png").write_bytes(b"png bytes")
+    result = filter_index(index, vectors[0], tmp_path / "out", num_results=3)
+    assert (result.matched, result.copied, result.skipped) == (3, 1, 2)
+    log = {
+        entry["id"]: entry
+        for entry in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())
+    }
+    assert "no source path recorded" in log["api"]["skipped"]
+    assert "cannot copy" in log["gone"]["skipped"]
+    assert (tmp_path / "out" / log["here"]["file"]).read_bytes() == b"png bytes"
+    with pytest.raises(InvalidInputError, match="exactly one of"):
+        filter_index(index, vectors[0], tmp_path / "out")

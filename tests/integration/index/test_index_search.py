@@ -124,3 +124,66 @@ def test_the_command_line_builds_and_searches(
     assert bad.exit_code == 2 and "--filter is not JSON" in bad.stderr
     missing = runner.invoke(main, ["search", "nothing", "x"], env=env)
     assert missing.exit_code == 2 and "no index named 'nothing'" in missing.stderr
+
+
+def test_filter_copies_the_matching_images_from_files_and_tar_shards(
+    embedded: Path, tiny_clip_dir: Path, clipserve_cache: Path, tmp_path: Path
+) -> None:
+    import tarfile
+
+    from clipserve.embed import tar_records
+
+    runner = CliRunner()
+    env = {"CLIPSERVE_CACHE_DIR": str(clipserve_cache), "CLIPSERVE_DATA_DIR": str(tmp_path)}
+    assert runner.invoke(main, ["index", "build", str(embedded), "-n", "f"], env=env).exit_code == 0
+    query = caption_for("green", "triangle")
+    args = ["filter", "f", "--query", query, "--output", str(tmp_path / "top")]
+    done = runner.invoke(main, [*args, "--num-results", "5"], env=env)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["copied"] == 5
+    copied = sorted((tmp_path / "top").glob("*.png"))
+    assert len(copied) == 5 and all("green-triangle" in path.name for path in copied)
+    log = [
+        json.loads(line) for line in (tmp_path / "top" / "results.jsonl").read_text().splitlines()
+    ]
+    source = embedded.parent / "photos" / log[0]["metadata"]["source"]
+    assert (tmp_path / "top" / log[0]["file"]).read_bytes() == source.read_bytes()
+
+    by_threshold = runner.invoke(
+        main, ["filter", "f", "-q", query, "-o", str(tmp_path / "t"), "--threshold", "0.2"], env=env
+    )
+    assert by_threshold.exit_code == 0, by_threshold.output
+    scores = [json.loads(line)["score"] for line in (tmp_path / "t" / "results.jsonl").open()]
+    assert scores and min(scores) >= 0.2
+    both = runner.invoke(main, [*args, "--num-results", "5", "--threshold", "0.2"], env=env)
+    assert both.exit_code == 2 and "exactly one of" in both.stderr
+
+    # A tar shard as the source: members are extracted byte for byte.
+    shard = tmp_path / "shard.tar"
+    items = make_dataset(8, seed=71)
+    with tarfile.open(shard, "w") as archive:
+        for i, item in enumerate(items):
+            data = _png(item.image)
+            info = tarfile.TarInfo(f"{i:04d}.png")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    settings = Settings(models=[str(tiny_clip_dir)], cache_dir=clipserve_cache)
+    run_local(list(tar_records([str(shard)])), settings, EmbedOptions(tmp_path / "tar-out"))
+    catalog = Catalog(tmp_path / "indexes")
+    build_index(tmp_path / "tar-out", catalog, "tar")
+    catalog.close()
+    out = runner.invoke(
+        main,
+        ["filter", "tar", "-q", items[0].caption, "-o", str(tmp_path / "x"), "--num-results", "8"],
+        env=env,
+    )
+    assert out.exit_code == 0, out.output
+    extracted = {
+        path.name.split("_", 1)[1]: path.read_bytes() for path in (tmp_path / "x").glob("*.png")
+    }
+    with tarfile.open(shard) as archive:
+        for member in archive.getmembers():
+            key = f"shard.tar_{member.name.removesuffix('.png')}.png"
+            handle = archive.extractfile(member)
+            assert handle is not None
+            assert extracted[key] == handle.read()
