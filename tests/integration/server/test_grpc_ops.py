@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import itertools
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from click.testing import CliRunner
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from servertools import (
     READY_TIMEOUT,
@@ -34,6 +36,7 @@ from servertools import (
     grpc_failure,
     grpc_input,
     live_server,
+    png,
     trailer,
 )
 
@@ -141,15 +144,48 @@ def test_reflection_lists_and_describes_the_service(grpc_server: LiveServer) -> 
     proto = descriptor_pb2.FileDescriptorProto.FromString(files[0])
     assert proto.package == "clipserve.v1"
     methods = {method.name for method in proto.service[0].method}
-    assert methods == {"Encode", "EncodeStream", "Rank", "Classify", "ListModels"}
+    assert methods == {
+        "Encode",
+        "EncodeStream",
+        "Rank",
+        "Classify",
+        "ListModels",
+        "CreateIndex",
+        "ListIndexes",
+        "AddItems",
+        "DeleteItem",
+        "Search",
+    }
 
 
-def test_api_keys_guard_every_clip_call_but_not_health_or_reflection(make_settings: Any) -> None:
-    settings = make_settings(grpc_port=0, api_keys=["s3cret", "other"])
+def test_api_keys_guard_every_clip_call_but_not_health_or_reflection(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    settings = make_settings(grpc_port=0, api_keys=["s3cret", "other"], data_dir=tmp_path)
     with live_server(settings) as server, server.grpc_channel() as channel:
         stub = clip_pb2_grpc.ClipStub(channel)
         stream = [clip_pb2.EncodeStreamRequest(id=1, input=grpc_input("a"))]
+        index_item = clip_pb2.IndexItem(id="a", input=grpc_input("a"))
+        numbers = itertools.count()
+        png_bytes = png(Image.new("RGB", (8, 8), (200, 10, 10)))
         calls = {
+            "CreateIndex": lambda md: stub.CreateIndex(
+                clip_pb2.CreateIndexRequest(name=f"index-{next(numbers)}"), metadata=md
+            ),
+            "Classify": lambda md: stub.Classify(
+                clip_pb2.ClassifyRequest(images=[grpc_input(png_bytes)], labels=["a", "b"]),
+                metadata=md,
+            ),
+            "ListIndexes": lambda md: stub.ListIndexes(clip_pb2.ListIndexesRequest(), metadata=md),
+            "AddItems": lambda md: stub.AddItems(
+                clip_pb2.AddItemsRequest(index="keyed", items=[index_item]), metadata=md
+            ),
+            "Search": lambda md: stub.Search(
+                clip_pb2.SearchRequest(index="keyed", input=grpc_input("a")), metadata=md
+            ),
+            "DeleteItem": lambda md: stub.DeleteItem(
+                clip_pb2.DeleteItemRequest(index="keyed", id="a"), metadata=md
+            ),
             "Encode": lambda md: stub.Encode(_encode_text(), metadata=md),
             "EncodeStream": lambda md: list(stub.EncodeStream(iter(stream), metadata=md)),
             "Rank": lambda md: stub.Rank(
@@ -158,6 +194,13 @@ def test_api_keys_guard_every_clip_call_but_not_health_or_reflection(make_settin
             ),
             "ListModels": lambda md: stub.ListModels(clip_pb2.ListModelsRequest(), metadata=md),
         }
+        # Every method of the service is in the list: a new one cannot slip past this test.
+        described = clip_pb2.DESCRIPTOR.services_by_name["Clip"].methods_by_name
+        assert set(calls) == set(described)
+        stub.CreateIndex(
+            clip_pb2.CreateIndexRequest(name="keyed"),
+            metadata=(("authorization", "Bearer s3cret"),),
+        )
         for name, call in calls.items():
             missing = grpc_failure(Code.UNAUTHENTICATED, lambda c=call: c(()))
             assert "authorization: Bearer" in missing.details(), name
