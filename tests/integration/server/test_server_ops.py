@@ -192,3 +192,25 @@ def test_several_models_default_first(
             "/v1/rank", json={"query": "a", "candidates": ["b"], "model": str(random_vit_dir)}
         )
         assert ranked.json()["model"] == models[1]["name"]
+
+
+#: Routes that answer without a key: probes, the docs, the page (it holds no data; its API
+#: calls need the key), and immich's ping (immich's server never sends a key).
+OPEN_ROUTES = {"/healthz", "/readyz", "/", "/ping"}
+
+
+def test_every_route_in_the_openapi_document_needs_the_key(secured: LiveServer) -> None:
+    with secured.client() as http:
+        document = http.get("/openapi.json").json()
+        checked = 0
+        for path, operations in document["paths"].items():
+            if path in OPEN_ROUTES:
+                continue
+            concrete = re.sub(r"\{[^}]+\}", "x", path)
+            for method in operations:
+                response = http.request(method.upper(), concrete, json={})
+                assert response.status_code == 401, (method, path, response.text)
+                checked += 1
+        assert checked >= 20  # the native, index and compatibility routes
+        for path in OPEN_ROUTES:
+            assert http.get(path).status_code == 200, path
