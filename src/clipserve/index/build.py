@@ -50,8 +50,8 @@ def build_index(
     for shard in range(manifest["shards"]):
         batch = list(_shard_items(embed_dir, shard, manifest, images, texts, counts))
         if batch:
-            index.upsert(batch)
-    index.save()
+            index.upsert(batch, maintain=False)
+    index.rebuild()  # one layout choice (and IVF training) for the whole collection
     return BuildResult(counts["image"], counts["text"], counts["skipped"])
 
 

@@ -24,6 +24,8 @@ from clipserve.index.vectors import DEFAULT_MEMORY_BUDGET, VectorIndex, choose_l
 
 #: Filters that leave at most this many items are answered exactly from the stored vectors.
 EXACT_FILTER_LIMIT = 20_000
+#: Stored vectors used as queries to tune an IVF layout's nprobe.
+TUNING_QUERIES = 256
 #: Save a FAISS snapshot after this many changed items (a rebuild replays the rest).
 SNAPSHOT_EVERY = 50_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -94,34 +96,51 @@ class Index:
         if layout.kind == "flat":
             vectors = VectorIndex.empty(self.dim)
         else:
-            vectors = VectorIndex.trained(self.dim, layout, self._training_sample(layout.nlist))
+            # k-means needs a few dozen points per centroid; more only costs time.
+            sample = self._sample(40 * layout.nlist)
+            vectors = VectorIndex.trained(self.dim, layout, sample)
         for rows, batch in self._store.vectors():
             vectors.add(rows, batch)
+        if layout.kind != "flat":
+            queries = _near(self._sample(TUNING_QUERIES))
+            vectors.tune_nprobe(queries, self._exact_rows(queries, k=10))
         return vectors
 
-    def _training_sample(self, nlist: int) -> np.ndarray:
-        # k-means needs a few dozen points per centroid; more only costs time.
-        wanted = min(self._store.count(), 64 * nlist)
-        parts, taken = [], 0
-        for _, batch in self._store.vectors():
-            parts.append(batch[: wanted - taken])
-            taken += len(parts[-1])
-            if taken >= wanted:
-                break
-        return np.concatenate(parts)
+    def _sample(self, wanted: int) -> np.ndarray:
+        """About ``wanted`` stored vectors spread evenly over the collection."""
+        step = max(1, self._store.count() // max(1, wanted))
+        return np.concatenate([batch[::step] for _, batch in self._store.vectors()])[:wanted]
+
+    def _exact_rows(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """The exact top-``k`` ids of ``queries``, by one pass over the stored vectors."""
+        best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        best_rows = np.full((len(queries), k), -1, dtype=np.int64)
+        for rows, batch in self._store.vectors():
+            scores = np.concatenate([best_scores, queries @ batch.T], axis=1)
+            candidates = np.concatenate(
+                [best_rows, np.broadcast_to(rows, (len(queries), len(rows)))], axis=1
+            )
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            best_scores = np.take_along_axis(scores, top, axis=1)
+            best_rows = np.take_along_axis(candidates, top, axis=1)
+        return best_rows
 
     # ------------------------------------------------------------ writes
-    def upsert(self, items: Sequence[NewItem]) -> None:
-        """Add ``items``; an item whose id exists replaces it. Durable on return."""
+    def upsert(self, items: Sequence[NewItem], *, maintain: bool = True) -> None:
+        """Add ``items``; an item whose id exists replaces it. Durable on return.
+
+        ``maintain=False`` defers re-choosing the layout (a bulk load calls :meth:`rebuild`
+        once at the end instead of retraining as the collection grows).
+        """
         self._check_items(items)
-        self._write(items, ())
+        self._write(items, (), maintain=maintain)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete the items with ``ids``; returns how many existed. Durable on return."""
         return len(self._write((), ids)[0])
 
     def _write(
-        self, upserts: Sequence[NewItem], deletions: Sequence[str]
+        self, upserts: Sequence[NewItem], deletions: Sequence[str], *, maintain: bool = True
     ) -> tuple[list[int], list[int]]:
         with self._lock:
             removed, added = self._store.write(upserts, deletions)
@@ -130,16 +149,25 @@ class Index:
                 vectors = np.stack([item.vector for item in upserts])
                 self._vectors.add(np.asarray(added, dtype=np.int64), vectors)
             self._unsaved += len(removed) + len(added)
-            self._maintain()
+            if maintain:
+                self._maintain()
         return removed, added
 
     def _maintain(self) -> None:
-        layout = choose_layout(self._vectors.count, self.dim, self._memory_budget)
-        if layout.kind != self._vectors.layout.kind:
-            # The collection outgrew (or shrank below) its layout: retrain from the store.
+        count, current = self._vectors.count, self._vectors.layout
+        layout = choose_layout(count, self.dim, self._memory_budget)
+        # A new kind, or an IVF that has grown four-fold since it was trained: retrain.
+        outgrown = current.kind != "flat" and count > 4 * current.trained_count
+        if layout.kind != current.kind or outgrown:
+            self.rebuild()
+        elif self._unsaved >= SNAPSHOT_EVERY:
+            self.save()
+
+    def rebuild(self) -> None:
+        """Choose the layout for the current size, retrain and retune it from the store, and
+        save a snapshot (after a bulk load with ``maintain=False``)."""
+        with self._lock:
             self._vectors = self._rebuilt()
-            self._unsaved = SNAPSHOT_EVERY
-        if self._unsaved >= SNAPSHOT_EVERY:
             self.save()
 
     def save(self) -> None:
@@ -321,6 +349,17 @@ class Catalog:
             for index in self._open.values():
                 index.close()
             self._open.clear()
+
+
+def _near(vectors: np.ndarray, distance: float = 0.3, seed: int = 0) -> np.ndarray:
+    """Unit vectors about ``distance`` away from ``vectors``: queries that are not themselves
+    in the index, so that tuning cannot lean on exact self-matches."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=vectors.shape).astype(np.float32)
+    noise *= distance / np.linalg.norm(noise, axis=1, keepdims=True)
+    moved = vectors + noise
+    normalised: np.ndarray = moved / np.linalg.norm(moved, axis=1, keepdims=True)
+    return normalised
 
 
 def _checked_name(name: str) -> str:
