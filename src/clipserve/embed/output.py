@@ -19,7 +19,6 @@ metadata exists is complete, and a rerun skips exactly those.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from clipserve.errors import InvalidInputError
+from clipserve.files import TMP_PREFIX, atomic_write
 
 IMAGE_DIR, TEXT_DIR, METADATA_DIR = "img_emb", "text_emb", "metadata"
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
-_TMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -82,11 +81,6 @@ class ShardRows:
     def __len__(self) -> int:
         return len(self.keys)
 
-    @property
-    def error_count(self) -> int:
-        """Rows whose status is ``error``."""
-        return sum(1 for error in self.errors if error is not None)
-
 
 def shard_paths(output: Path, index: int) -> dict[str, Path]:
     """The files of shard ``index``: ``img``, ``text`` and ``metadata``."""
@@ -110,7 +104,7 @@ def prepare(output: Path) -> None:
     """Create the directories; remove temporary files a killed run left behind."""
     for name in (IMAGE_DIR, TEXT_DIR, METADATA_DIR):
         (output / name).mkdir(parents=True, exist_ok=True)
-        for leftover in (output / name).glob(f"{_TMP_PREFIX}*"):
+        for leftover in (output / name).glob(f"{TMP_PREFIX}*"):
             leftover.unlink(missing_ok=True)
 
 
@@ -158,30 +152,6 @@ def _extra_names(extras: Sequence[dict[str, Any]]) -> list[str]:
     for extra in extras:
         names.update(dict.fromkeys(extra))
     return list(names)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that it is either all there or not at all."""
-    staging = path.with_name(f"{_TMP_PREFIX}{path.name}")
-    try:
-        with open(staging, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(staging, path)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def write_manifest(output: Path, spec: JobSpec, shards: int, errors: int) -> dict[str, Any]:

@@ -210,7 +210,7 @@ def image_location(record: Record) -> str | None:
     or its URL (``clipserve filter`` copies images from there)."""
     image = record.image
     if isinstance(image, TarMember):
-        return f"{image.path}#{record.source.partition('#')[2]}"
+        return f"{image.path}#{image.member}"
     if isinstance(image, Url):
         return image.url
     return image

@@ -43,6 +43,8 @@ class TarMember:
     path: str
     offset: int
     size: int
+    #: The member's name in the archive (to find it again without the offset).
+    member: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,9 @@ def _sample_record(
     extra: dict[str, Any] = {}
     if ".json" in parts:
         extra = _member_json(archive, parts[".json"])
-    location = TarMember(shard, image.offset_data, image.size) if image is not None else None
+    location = (
+        TarMember(shard, image.offset_data, image.size, image.name) if image is not None else None
+    )
     member = image.name if image is not None else key
     return Record(key, f"{Path(shard).name}#{member}", location, caption, extra)
 

@@ -95,35 +95,26 @@ class Index:
         layout = choose_layout(count, self.dim, self._memory_budget)
         if layout.kind == "flat":
             vectors = VectorIndex.empty(self.dim)
-        else:
-            # k-means needs a few dozen points per centroid; more only costs time.
-            sample = self._sample(40 * layout.nlist)
-            vectors = VectorIndex.trained(self.dim, layout, sample)
+            for rows, batch in self._store.vectors():
+                vectors.add(rows, batch)
+            return vectors
+        # k-means needs a few dozen points per centroid; more only costs time.
+        sample = self._sample(40 * layout.nlist)
+        vectors = VectorIndex.trained(self.dim, layout, sample)
+        # The tuning queries come from the sample already read; their exact answers are
+        # gathered in the same pass over the store that fills the index.
+        step = max(1, len(sample) // TUNING_QUERIES)
+        exact = _TopK(_near(sample[::step][:TUNING_QUERIES]), k=10)
         for rows, batch in self._store.vectors():
             vectors.add(rows, batch)
-        if layout.kind != "flat":
-            queries = _near(self._sample(TUNING_QUERIES))
-            vectors.tune_nprobe(queries, self._exact_rows(queries, k=10))
+            exact.update(rows, batch)
+        vectors.tune_nprobe(exact.queries, exact.rows)
         return vectors
 
     def _sample(self, wanted: int) -> np.ndarray:
         """About ``wanted`` stored vectors spread evenly over the collection."""
         step = max(1, self._store.count() // max(1, wanted))
         return np.concatenate([batch[::step] for _, batch in self._store.vectors()])[:wanted]
-
-    def _exact_rows(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """The exact top-``k`` ids of ``queries``, by one pass over the stored vectors."""
-        best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        best_rows = np.full((len(queries), k), -1, dtype=np.int64)
-        for rows, batch in self._store.vectors():
-            scores = np.concatenate([best_scores, queries @ batch.T], axis=1)
-            candidates = np.concatenate(
-                [best_rows, np.broadcast_to(rows, (len(queries), len(rows)))], axis=1
-            )
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            best_scores = np.take_along_axis(scores, top, axis=1)
-            best_rows = np.take_along_axis(candidates, top, axis=1)
-        return best_rows
 
     # ------------------------------------------------------------ writes
     def upsert(self, items: Sequence[NewItem], *, maintain: bool = True) -> None:
@@ -349,6 +340,26 @@ class Catalog:
             for index in self._open.values():
                 index.close()
             self._open.clear()
+
+
+class _TopK:
+    """The exact top-``k`` ids of fixed queries, updated batch by batch over a collection."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries = queries
+        self._k = k
+        self._scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.rows = np.full((len(queries), k), -1, dtype=np.int64)
+
+    def update(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Take ``vectors`` (ids ``rows``) into account."""
+        scores = np.concatenate([self._scores, self.queries @ vectors.T], axis=1)
+        candidates = np.concatenate(
+            [self.rows, np.broadcast_to(rows, (len(self.queries), len(rows)))], axis=1
+        )
+        top = np.argpartition(-scores, self._k - 1, axis=1)[:, : self._k]
+        self._scores = np.take_along_axis(scores, top, axis=1)
+        self.rows = np.take_along_axis(candidates, top, axis=1)
 
 
 def _near(vectors: np.ndarray, distance: float = 0.3, seed: int = 0) -> np.ndarray:

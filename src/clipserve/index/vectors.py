@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from clipserve.files import atomic_write
 
 #: Below this many vectors, exact search is fast enough (about 10 ms on one core at 512-d).
 EXACT_LIMIT = 50_000
@@ -166,9 +167,9 @@ class VectorIndex:
         faiss = _faiss()
 
         data = faiss.serialize_index(self._index)
-        _atomic_write(directory / "vectors.faiss", data.tobytes())
+        atomic_write(directory / "vectors.faiss", data.tobytes())
         state = {"generation": generation, "dim": self.dim, "layout": asdict(self.layout)}
-        _atomic_write(directory / "vectors.json", json.dumps(state).encode())
+        atomic_write(directory / "vectors.json", json.dumps(state).encode())
 
     @classmethod
     def load(cls, directory: Path) -> tuple[VectorIndex, int] | None:
@@ -194,12 +195,3 @@ def _faiss() -> Any:
     import faiss
 
     return faiss
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    with open(staging, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staging, path)
