@@ -165,6 +165,7 @@ class Index:
         """Write a FAISS snapshot now (it spares the next open a rebuild)."""
         with self._lock:
             self._vectors.save(self.directory, self._store.generation)
+            self._store.checkpoint()
             self._unsaved = 0
 
     def _check_items(self, items: Sequence[NewItem]) -> None:

@@ -65,6 +65,9 @@ class ItemStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # A 512-d vector row is just over 2 KiB: on SQLite's default 4 KiB pages only one fits
+        # per page, doubling the file. 16 KiB pages hold seven. (No effect on existing files.)
+        self._db.execute("PRAGMA page_size=16384")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -225,6 +228,12 @@ class ItemStore:
                     blobs.append(vector)
         vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
         return np.asarray(found_rows, dtype=np.int64), vectors
+
+    def checkpoint(self) -> None:
+        """Move the write-ahead log into the database file and truncate it (after a bulk load
+        the log can be as large as the biggest transaction)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         """Close the connection (committed data is already on disk)."""
