@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import string
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -400,11 +401,30 @@ def _checked_list(items: Any, what: str) -> list[Any]:
 def _checked_templates(templates: Sequence[str]) -> tuple[str, ...]:
     items = _checked_list(templates, "templates")
     for template in items:
-        if not isinstance(template, str) or "{}" not in template:
+        if not isinstance(template, str) or not _one_label_field(template):
+            shown = repr(template) if len(repr(template)) <= 80 else repr(template)[:80] + "…"
             raise InvalidInputError(
-                f"prompt template {template!r} must be a string containing '{{}}' for the label"
+                f"prompt template {shown} must be a string with one '{{}}' for the label "
+                "and no other braces (write a literal brace as '{{' or '}}')"
             )
     return tuple(items)
+
+
+def _one_label_field(template: str) -> bool:
+    """Whether ``template.format(label)`` works and has exactly one plain ``{}`` field.
+
+    Templates are formatted with ``str.format``: a stray brace, a named or second field would
+    raise there (a 500 for what is the client's mistake), so they are refused up front.
+    """
+    try:
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError:  # an unmatched '{' or '}'
+        return False
+    return fields == [("", "", None)]
 
 
 def _result(future: Future[np.ndarray], index: int) -> np.ndarray:

@@ -22,6 +22,8 @@ from clipserve.errors import InvalidInputError
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _RANGE_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _MAX_IN = 1000
+#: SQLite integers are 64-bit: a bigger one cannot even be bound to the query.
+_SQLITE_INTEGERS = range(-(2**63), 2**63)
 
 Scalar = str | int | float | bool | None
 
@@ -98,14 +100,22 @@ def _one_of(key: str, values: Any) -> tuple[str, list[Any]]:
 def _bound(key: str, value: Any) -> int | float | str:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InvalidInputError(f"filter {key!r}: a range bound must be a number or a string")
-    return value
+    return _in_range(key, value)
 
 
 def _scalar(key: str, value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)  # SQLite's json_extract gives 1/0 for true/false
     if isinstance(value, int | float | str):
-        return value
+        return _in_range(key, value)
     raise InvalidInputError(
         f"filter {key!r}: compare with a string, number, boolean or null, not {json.dumps(value)}"
     )
+
+
+def _in_range(key: str, value: int | float | str) -> int | float | str:
+    if isinstance(value, int) and value not in _SQLITE_INTEGERS:
+        raise InvalidInputError(
+            f"filter {key!r}: an integer outside the 64-bit range (±2**63) of stored numbers"
+        )
+    return value

@@ -262,7 +262,9 @@ async def _ajson(body: bytes) -> Any:
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and numbers of more than 4300
+    # digits; RecursionError, nesting deeper than the interpreter's stack allows.
+    except (ValueError, RecursionError) as exc:
         error = {"type": "json_invalid", "loc": ("body",), "msg": f"malformed JSON: {exc}"}
         raise RequestValidationError([error]) from exc
 

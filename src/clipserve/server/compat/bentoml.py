@@ -242,7 +242,7 @@ def _candidates(parts: list[Part]) -> list[str]:
         raise CompatInputError("'candidates' must be one form field holding a JSON list of texts")
     try:
         texts = json.loads(parts[0].value)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # as in clipserve.server.inputs._json
         raise CompatInputError(f"'candidates' is not valid JSON: {exc}") from exc
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise CompatInputError("'candidates' must be a non-empty JSON list of strings")

@@ -181,9 +181,7 @@ async def _encode(docs: list[Doc], model: str, engine: Engine, state: ServerStat
 
 
 async def _rank(docs: list[Doc], model: str, engine: Engine, state: ServerState) -> list[Doc]:
-    check_total(
-        sum(1 + len(doc.get("matches") or ()) for doc in docs), "queries and matches", state
-    )
+    check_total(sum(1 + _match_count(doc) for doc in docs), "queries and matches", state)
     jobs = []
     for index, doc in enumerate(docs):
         matches = doc.get("matches")
@@ -196,6 +194,13 @@ async def _rank(docs: list[Doc], model: str, engine: Engine, state: ServerState)
         jobs.append(engine.arank(query[0], resolved, model=model))
     results = await asyncio.gather(*jobs)
     return [_ranked(doc, result) for doc, result in zip(docs, results, strict=True)]
+
+
+def _match_count(doc: Doc) -> int:
+    # Counted before the documents are checked: anything but a list counts as none here,
+    # and is refused with a message below.
+    matches = doc.get("matches")
+    return len(matches) if isinstance(matches, list) else 0
 
 
 def _ranked(doc: Doc, result: RankResult) -> Doc:

@@ -58,7 +58,7 @@ async def read_json(request: Request) -> Any:
     body = await request.body()
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # as in clipserve.server.inputs._json
         raise CompatInputError(f"the body is not valid JSON: {exc}") from exc
 
 

@@ -238,7 +238,7 @@ def _parse_message(text: str, index: int) -> tuple[Any, Any]:
     where = f"message[{index}]"
     try:
         message = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise _invalid(where, f"malformed JSON: {exc}") from exc
     if not isinstance(message, dict) or "input" not in message:
         raise _invalid(where, 'a message is {"id": ..., "input": ...} or {"end": true}')
