@@ -5,14 +5,21 @@ Each row whose status is ``ok`` becomes an item: its image embedding under the r
 embedding under ``key#caption`` (modality ``text``). The metadata of both is the row's
 metadata (source, caption, width, height, sha256 and the carried columns). Rebuilding into an
 existing index replaces items with the same ids, so a rerun is idempotent.
+
+Image items read from local files or tar shards also get a thumbnail (what the search page
+shows), made from the recorded ``path``; URL sources are not downloaded again, and an image that
+has gone missing since the embedding only costs its picture.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,9 @@ import numpy as np
 
 from clipserve.errors import InvalidInputError
 from clipserve.index.collection import Catalog
+from clipserve.index.sources import is_remote, read_local
 from clipserve.index.store import NewItem
+from clipserve.index.thumbnails import make_thumbnail
 
 CAPTION_SUFFIX = "#caption"
 _SKIPPED_COLUMNS = frozenset({"status", "error"})
@@ -28,17 +37,27 @@ _SKIPPED_COLUMNS = frozenset({"status", "error"})
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What a build added: items per modality, and rows skipped for their error status."""
+    """What a build added: items per modality, rows skipped for their error status, and
+    thumbnails made."""
 
     images: int
     texts: int
     skipped: int
+    thumbnails: int = 0
 
 
 def build_index(
-    embed_dir: Path, catalog: Catalog, name: str, *, images: bool = True, texts: bool = True
+    embed_dir: Path,
+    catalog: Catalog,
+    name: str,
+    *,
+    images: bool = True,
+    texts: bool = True,
+    thumbnails: bool = True,
 ) -> BuildResult:
-    """Add every good row of ``embed_dir`` to index ``name`` (created for its model if new).
+    """Add every good row of ``embed_dir`` to index ``name`` (created for its model if new),
+    with thumbnails of the images that are local files or tar members (unless ``thumbnails``
+    is false).
 
     Raises:
         InvalidInputError: ``embed_dir`` is not a finished ``clipserve embed`` output, or the
@@ -46,13 +65,35 @@ def build_index(
     """
     manifest = _manifest(embed_dir)
     index = catalog.create(name, model=manifest["model"], dim=manifest["dim"], exist_ok=True)
-    counts = {"image": 0, "text": 0, "skipped": 0}
-    for shard in range(manifest["shards"]):
-        batch = list(_shard_items(embed_dir, shard, manifest, images, texts, counts))
-        if batch:
-            index.upsert(batch, maintain=False)
+    counts = {"image": 0, "text": 0, "skipped": 0, "thumbnails": 0}
+    # Decoding releases the GIL: one thread per core makes the thumbnails in parallel.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for shard in range(manifest["shards"]):
+            batch = list(_shard_items(embed_dir, shard, manifest, images, texts, counts))
+            if thumbnails:
+                batch = _with_thumbnails(batch, pool)
+                counts["thumbnails"] += sum(item.thumbnail is not None for item in batch)
+            if batch:
+                index.upsert(batch, maintain=False)
     index.rebuild()  # one layout choice (and IVF training) for the whole collection
-    return BuildResult(counts["image"], counts["text"], counts["skipped"])
+    return BuildResult(counts["image"], counts["text"], counts["skipped"], counts["thumbnails"])
+
+
+def _with_thumbnails(batch: list[NewItem], pool: Executor) -> list[NewItem]:
+    return list(pool.map(_thumbnailed, batch))
+
+
+def _thumbnailed(item: NewItem) -> NewItem:
+    location = item.metadata.get("path")
+    if item.modality != "image" or not isinstance(location, str) or not location:
+        return item
+    if is_remote(location):
+        return item
+    try:
+        data = read_local(location)
+    except (OSError, tarfile.TarError):
+        return item  # moved or deleted since it was embedded: the item stays, unpictured
+    return replace(item, thumbnail=make_thumbnail(data))
 
 
 def _manifest(embed_dir: Path) -> dict[str, Any]:

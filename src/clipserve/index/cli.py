@@ -31,8 +31,21 @@ def index() -> None:
 @click.option("--name", "-n", required=True, help="Index name (created if new).")
 @click.option("--images/--no-images", default=True, show_default=True, help="Add image vectors.")
 @click.option("--texts/--no-texts", default=True, show_default=True, help="Add caption vectors.")
+@click.option(
+    "--thumbnails/--no-thumbnails",
+    default=True,
+    show_default=True,
+    help="Store a small JPEG of each local image (file or tar member) for the search page.",
+)
 @click.option("--data-dir", type=click.Path(path_type=Path), help=_DATA_DIR_HELP)
-def build(embed_dir: Path, name: str, images: bool, texts: bool, data_dir: Path | None) -> None:
+def build(
+    embed_dir: Path,
+    name: str,
+    images: bool,
+    texts: bool,
+    thumbnails: bool,
+    data_dir: Path | None,
+) -> None:
     """Index the output of `clipserve embed` (rerunning replaces items, never duplicates).
 
     \b
@@ -42,9 +55,12 @@ def build(embed_dir: Path, name: str, images: bool, texts: bool, data_dir: Path 
 
     catalog = _catalog(data_dir)
     try:
-        result = build_index(embed_dir, catalog, name, images=images, texts=texts)
+        result = build_index(
+            embed_dir, catalog, name, images=images, texts=texts, thumbnails=thumbnails
+        )
         summary = {**catalog.open(name).describe(), "added_images": result.images}
         summary |= {"added_texts": result.texts, "skipped_rows": result.skipped}
+        summary |= {"thumbnails": result.thumbnails}
     finally:
         catalog.close()
     click.echo(json.dumps(summary))

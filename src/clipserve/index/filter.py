@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from clipserve.errors import InvalidInputError
 from clipserve.index.collection import Hit, Index
+from clipserve.index.sources import is_remote, read_local
 
 #: Most hits a threshold filter looks at (the index's search limit).
 MAX_THRESHOLD_HITS = 10_000
@@ -76,12 +76,10 @@ def _copy(hit: Hit, output: Path, rank: int) -> tuple[str | None, str | None]:
     name = f"{rank:05d}_{_UNSAFE.sub('_', hit.id)[:100]}{_suffix(location)}"
     target = output / name
     try:
-        if location.startswith(("http://", "https://")):
+        if is_remote(location):
             _download(location, target)
-        elif "#" in location and location.partition("#")[0].endswith(".tar"):
-            _extract(location, target)
         else:
-            shutil.copyfile(location, target)
+            target.write_bytes(read_local(location))
     except (OSError, tarfile.TarError, _DownloadFailed) as exc:
         target.unlink(missing_ok=True)
         return None, f"cannot copy {location}: {exc}"
@@ -91,16 +89,6 @@ def _copy(hit: Hit, output: Path, rank: int) -> tuple[str | None, str | None]:
 def _suffix(location: str) -> str:
     suffix = Path(location.rpartition("#")[2].split("?")[0]).suffix.lower()
     return suffix if suffix in _IMAGE_SUFFIXES else ".jpg"
-
-
-def _extract(location: str, target: Path) -> None:
-    shard, _, member = location.partition("#")
-    with tarfile.open(shard, "r:") as archive:
-        handle = archive.extractfile(member)
-        if handle is None:
-            raise OSError(f"{member} is not a file in {shard}")
-        with open(target, "wb") as out:
-            shutil.copyfileobj(handle, out)
 
 
 class _DownloadFailed(Exception):

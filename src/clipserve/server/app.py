@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from PIL import Image
 from pydantic.json_schema import models_json_schema
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
 import clipserve
@@ -78,6 +79,16 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app.add_middleware(RequestBodyMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(GZipMiddleware, minimum_size=_GZIP_MINIMUM_BYTES, compresslevel=_GZIP_LEVEL)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
+    if settings.cors_origins:
+        # Outermost, so that preflights are answered before auth and every answer (413s
+        # included) carries the headers a browser needs to read it.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Server-Timing", "X-Request-ID"],
+        )
     app.openapi = _openapi_with_extra_schemas(app)  # type: ignore[method-assign]
     return app
 

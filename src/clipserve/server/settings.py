@@ -90,8 +90,17 @@ class ServerSettings(Settings):
             + "; 'all' (default) or 'none'."
         ),
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Web origins whose pages may call the API from a browser (comma-separated, e.g. "
+            "the hosted clip-retrieval front end); '*' for any. Empty: no cross-origin access."
+        ),
+    )
 
-    _split_lists = field_validator("api_keys", "url_allowlist", mode="before")(_split_commas)
+    _split_lists = field_validator("api_keys", "url_allowlist", "cors_origins", mode="before")(
+        _split_commas
+    )
 
     @field_validator("compat", mode="before")
     @classmethod

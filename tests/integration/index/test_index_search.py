@@ -48,6 +48,7 @@ def index(embedded: Path, tmp_path: Path) -> Iterator[Index]:
     catalog = Catalog(tmp_path / "indexes")
     result = build_index(embedded, catalog, "shapes")
     assert (result.images, result.texts, result.skipped) == (IMAGES, IMAGES, 0)
+    assert result.thumbnails == IMAGES
     yield catalog.open("shapes")
     catalog.close()
 
@@ -98,6 +99,48 @@ def test_filters_on_carried_metadata_and_a_rebuild_is_idempotent(
     assert len(Catalog(tmp_path / "indexes").open("shapes")) == before
 
 
+def test_built_images_get_thumbnails_of_their_source(index: Index, embedded: Path) -> None:
+    from PIL import Image
+
+    key = _first_key(embedded)
+    jpeg = index.thumbnail(key)
+    assert jpeg is not None
+    with Image.open(io.BytesIO(jpeg)) as thumbnail:
+        item = index.get(key)
+        assert item is not None
+        source = embedded.parent / "photos" / item.metadata["source"]
+        with Image.open(source) as original:
+            assert thumbnail.format == "JPEG"
+            assert max(thumbnail.size) == min(256, max(original.size))
+    assert index.thumbnail(key + CAPTION_SUFFIX) is None  # texts have no picture
+
+
+def test_a_source_gone_since_embedding_costs_only_its_thumbnail(
+    tmp_path: Path, tiny_clip_dir: Path, clipserve_cache: Path
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index, item in enumerate(make_dataset(4, seed=5)):
+        (folder / f"{index}.png").write_bytes(_png(item.image))
+    settings = Settings(models=[str(tiny_clip_dir)], cache_dir=clipserve_cache)
+    run_local(list(folder_records(folder)), settings, EmbedOptions(tmp_path / "out"))
+    (folder / "0.png").unlink()
+    catalog = Catalog(tmp_path / "indexes")
+    result = build_index(tmp_path / "out", catalog, "gone")
+    assert (result.images, result.thumbnails) == (4, 3)
+    built = catalog.open("gone")
+    assert len(built) == 4 and built.thumbnail("0") is None and built.thumbnail("1") is not None
+    skipped = build_index(tmp_path / "out", catalog, "none", thumbnails=False)
+    assert skipped.thumbnails == 0 and catalog.open("none").thumbnail("1") is None
+    catalog.close()
+
+
+def _first_key(embedded: Path) -> str:
+    import pyarrow.parquet as pq
+
+    return str(pq.read_table(embedded / "metadata" / "metadata_0.parquet").column("key")[0])
+
+
 def test_the_command_line_builds_and_searches(
     embedded: Path, tiny_clip_dir: Path, clipserve_cache: Path, tmp_path: Path
 ) -> None:
@@ -107,6 +150,7 @@ def test_the_command_line_builds_and_searches(
     assert built.exit_code == 0, built.output
     summary = json.loads(built.stdout)
     assert summary["count"] == 2 * IMAGES and summary["added_images"] == IMAGES
+    assert summary["thumbnails"] == IMAGES
     listed = runner.invoke(main, ["index", "list"], env=env)
     assert json.loads(listed.stdout)["name"] == "cli"
 
@@ -170,7 +214,7 @@ def test_filter_copies_the_matching_images_from_files_and_tar_shards(
     settings = Settings(models=[str(tiny_clip_dir)], cache_dir=clipserve_cache)
     run_local(list(tar_records([str(shard)])), settings, EmbedOptions(tmp_path / "tar-out"))
     catalog = Catalog(tmp_path / "indexes")
-    build_index(tmp_path / "tar-out", catalog, "tar")
+    assert build_index(tmp_path / "tar-out", catalog, "tar").thumbnails == len(items)
     catalog.close()
     out = runner.invoke(
         main,
