@@ -501,14 +501,19 @@ def _resize_by_axis(image: Image.Image, size: tuple[int, int], crop: int) -> npt
     Pillow runs them, but the crop is applied between the passes, and an upsampled axis is
     evaluated only at the kept samples.
     """
-    current = image
-    vertical_first = _pillow_resizes_vertically_first(image.size, size)
-    for vertical in (True, False) if vertical_first else (False, True):
-        length = current.height if vertical else current.width
+    passes = (True, False) if _pillow_resizes_vertically_first(image.size, size) else (False, True)
+    current, offset = _lines_read_by(image, size, crop, vertical=passes[1])
+    for vertical in passes:
+        # Neither pass changes the other's axis: the source length is the image's.
+        length = image.height if vertical else image.width
         target = size[1] if vertical else size[0]
         start, count, _ = _crop_window(target, crop)
         if target > length and count < target:
-            pixels = _resample_kept(np.asarray(current), 0 if vertical else 1, target, start, count)
+            axis = 0 if vertical else 1
+            skipped = offset if vertical == passes[1] else 0
+            pixels = _resample_kept(
+                np.asarray(current), axis, (length, target), start, count, skipped=skipped
+            )
             current = Image.fromarray(pixels)
             continue
         current = current.resize(
@@ -521,6 +526,28 @@ def _resize_by_axis(image: Image.Image, size: tuple[int, int], crop: int) -> npt
     return np.asarray(current)
 
 
+def _lines_read_by(
+    image: Image.Image, size: tuple[int, int], crop: int, *, vertical: bool
+) -> tuple[Image.Image, int]:
+    """``image`` cut to the lines across ``vertical``'s axis that the second pass reads,
+    and the index of the first one kept.
+
+    A pass resamples each line on its own, so the first pass may skip the lines the second
+    never reads. It matters when the second pass upsamples and keeps a window: a valid
+    1x5,000,000 image would otherwise be widened to 224x5,000,000 (4.5 GB) first, to read
+    about three of its rows.
+    """
+    length = image.height if vertical else image.width
+    target = size[1] if vertical else size[0]
+    start, count, _ = _crop_window(target, crop)
+    if not (target > length and count < target):
+        return image, 0
+    first, _, ksize, _, _ = _kept_taps(length, target, start, count)
+    low, high = int(first[0]), min(int(first[-1]) + ksize, length)
+    box = (0, low, image.width, high) if vertical else (low, 0, high, image.height)
+    return image.crop(box), low
+
+
 def _pillow_resizes_vertically_first(source: tuple[int, int], target: tuple[int, int]) -> bool:
     # Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height
     # shrinks by more than twice as many pixels as the width; before, horizontal always
@@ -531,7 +558,13 @@ def _pillow_resizes_vertically_first(source: tuple[int, int], target: tuple[int,
 
 
 def _resample_kept(
-    pixels: npt.NDArray[np.uint8], axis: int, out_size: int, start: int, count: int
+    pixels: npt.NDArray[np.uint8],
+    axis: int,
+    sizes: tuple[int, int],
+    start: int,
+    count: int,
+    *,
+    skipped: int = 0,
 ) -> npt.NDArray[np.uint8]:
     """Samples ``start .. start + count`` of Pillow's 8-bit bicubic resize of one axis.
 
@@ -539,16 +572,13 @@ def _resample_kept(
     and the 8bpc passes for a whole-axis box) in the same double-precision arithmetic, so
     the samples are bit-identical to those of a full resize without computing the rest.
     Used for upsampled axes only, where the filter has at most 5 taps.
+
+    ``sizes`` are the axis's length before and after the resize. ``pixels`` may hold only
+    the lines :func:`_lines_read_by` keeps, the first ``skipped`` ones left out.
     """
     lines = np.moveaxis(pixels, axis, 0)
-    in_size = lines.shape[0]
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = _BICUBIC_SUPPORT * filterscale
-    ksize = math.ceil(support) * 2 + 1
-    center = (np.arange(start, start + count, dtype=np.float64) + 0.5) * scale
-    first = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
-    taps = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - first
+    in_size, out_size = sizes
+    first, taps, ksize, center, filterscale = _kept_taps(in_size, out_size, start, count)
     offsets = np.arange(ksize)
     positions = first[:, None] + offsets[None, :]
     weights = _bicubic(((positions - center[:, None]) + 0.5) * (1.0 / filterscale))
@@ -562,9 +592,25 @@ def _resample_kept(
     acc = np.full((count, *lines.shape[1:]), 1 << (_PRECISION_BITS - 1), dtype=np.int32)
     rows = np.minimum(positions, in_size - 1)
     for tap in range(ksize):
-        acc += lines[rows[:, tap]].astype(np.int32) * fixed[:, tap, None, None]
+        acc += lines[rows[:, tap] - skipped].astype(np.int32) * fixed[:, tap, None, None]
     out = np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(np.moveaxis(out, 0, axis))
+
+
+def _kept_taps(
+    in_size: int, out_size: int, start: int, count: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int, npt.NDArray[np.float64], float]:
+    """Pillow's ``precompute_coeffs`` bounds for output samples ``start .. start + count``:
+    each sample's first input line and number of taps, the kernel size, the sample centres
+    and the filter scale."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = _BICUBIC_SUPPORT * filterscale
+    ksize = math.ceil(support) * 2 + 1
+    center = (np.arange(start, start + count, dtype=np.float64) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    taps = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - first
+    return first, taps, ksize, center, filterscale
 
 
 def _bicubic(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
