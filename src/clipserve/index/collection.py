@@ -9,6 +9,7 @@ any point leaves an index that opens and holds every acknowledged write.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Sequence
@@ -184,6 +185,12 @@ class Index:
                     f"{where}: a vector must have {self.dim} finite values, got shape "
                     f"{tuple(item.vector.shape)}"
                 )
+            try:  # stored as JSON that SQLite's JSON functions (filters) must read back
+                json.dumps(item.metadata, allow_nan=False)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise InvalidInputError(
+                    f"{where}: metadata must be plain JSON (no NaN or infinite numbers): {exc}"
+                ) from exc
 
     # ------------------------------------------------------------ reads
     def __len__(self) -> int:

@@ -13,13 +13,13 @@ objects: ``"exif.iso"``). Values never reach the SQL text: they are bound parame
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from clipserve.errors import InvalidInputError
 
-_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# Matched whole (fullmatch): a "$" anchor would also let a trailing newline through.
+_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _RANGE_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _MAX_IN = 1000
 #: SQLite integers are 64-bit: a bigger one cannot even be bound to the query.
@@ -51,7 +51,7 @@ def where_clause(filters: dict[str, Any] | None) -> tuple[str, list[Any]]:
 
 
 def _json_path(key: str) -> str:
-    if not isinstance(key, str) or not _KEY.match(key) or ".." in key or key.endswith("."):
+    if not isinstance(key, str) or not _KEY.fullmatch(key) or ".." in key or key.endswith("."):
         raise InvalidInputError(
             f"filter key {key!r}: use letters, digits, '_', '-' and '.' for nested fields"
         )
@@ -109,8 +109,15 @@ def _scalar(key: str, value: Any) -> Any:
     if isinstance(value, int | float | str):
         return _in_range(key, value)
     raise InvalidInputError(
-        f"filter {key!r}: compare with a string, number, boolean or null, not {json.dumps(value)}"
+        f"filter {key!r}: compare with a string, number, boolean or null, not {_kind(value)}"
     )
+
+
+def _kind(value: Any) -> str:
+    # Named, not dumped as JSON: a value nested thousands of levels deep cannot be dumped.
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
 
 
 def _in_range(key: str, value: int | float | str) -> int | float | str:

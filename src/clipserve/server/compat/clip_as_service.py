@@ -24,13 +24,14 @@ envelope, with ``header.status`` holding the message, and a 4xx status.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clipserve.engine import Engine, RankResult
 from clipserve.server.auth import RequireKey
@@ -45,6 +46,8 @@ from .errors import CompatError, CompatInputError, error_route
 _STATUS_ERROR = 1
 _EXECUTOR = "clip_t"
 _HEADER_FIELDS = ("request_id", "target_executor", "timeout")
+#: Deepest nesting of a request's documents, parameters or header (they are sent back).
+MAX_DEPTH = 64
 
 
 def render_error(error: CompatError) -> JSONResponse:
@@ -75,6 +78,14 @@ class JinaRequest(BaseModel):
     exec_endpoint: str | None = Field(None, alias="execEndpoint")
     header: dict[str, Any] = Field(default_factory=dict)
     parameters: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _sendable_back(self) -> JinaRequest:
+        # Documents, parameters and the header come back in the answer, which must be JSON:
+        # refuse NaN and ±Infinity (Python's json reads and writes them) and deep nesting.
+        for name in ("data", "header", "parameters"):
+            _check_echoable(getattr(self, name), name)
+        return self
 
     def docs(self) -> list[Doc]:
         """The documents, whichever way they were wrapped."""
@@ -189,7 +200,7 @@ async def _rank(docs: list[Doc], model: str, engine: Engine, state: ServerState)
             raise CompatInputError(f"data[{index}]: /rank needs documents with matches")
         where = f"data[{index}]"
         query = await resolve([_content(doc, where)], where, state)
-        candidates = [_content(match, f"{where}.matches[{k}]") for k, match in enumerate(matches)]
+        candidates = [_match(match, f"{where}.matches[{k}]") for k, match in enumerate(matches)]
         resolved = await resolve(candidates, f"{where}.matches", state)
         jobs.append(engine.arank(query[0], resolved, model=model))
     results = await asyncio.gather(*jobs)
@@ -214,6 +225,31 @@ def _ranked(doc: Doc, result: RankResult) -> Doc:
         }
         ranked.append({**matches[index], "scores": scores})
     return {**doc, "matches": ranked}
+
+
+def _match(match: Any, where: str) -> InputObject:
+    content = _content(match, where)
+    scores = match.get("scores")
+    if scores is not None and not isinstance(scores, dict):
+        # The answer adds clip_score to the match's own named scores.
+        raise CompatInputError(f"{where}.scores: must be an object of named scores", param="data")
+    return content
+
+
+def _check_echoable(value: Any, where: str) -> None:
+    """``ValueError`` naming the first place in ``value`` that JSON cannot carry back:
+    a NaN or infinite number, or nesting deeper than :data:`MAX_DEPTH`."""
+    pending: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while pending:  # iterative: the nesting is what is being checked
+        item, at, depth = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{at}: {item} is not a JSON number")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{at}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(item, dict):
+            pending.extend((child, f"{at}.{key}", depth + 1) for key, child in item.items())
+        elif isinstance(item, list):
+            pending.extend((child, f"{at}[{i}]", depth + 1) for i, child in enumerate(item))
 
 
 def _content(doc: Any, where: str) -> InputObject:

@@ -137,7 +137,8 @@ def _entry(part: Part | None) -> tuple[str, str]:
         types = dict(tasks.pop(_TASK))
         (kind, entry), *more = types.items()
         name = entry["modelName"]
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    # RecursionError: JSON nested deeper than the parser can follow (10,000 levels).
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise CompatInputError(
             "Invalid request format: 'entries' must be JSON like "
             '{"clip": {"visual": {"modelName": "..."}}}',
