@@ -11,7 +11,8 @@ format, malformed base64 and data URIs, 10,000-level JSON on every route, invali
 100,000-character texts, empty and NUL-only inputs.
 
 Runs are bounded and reproducible: ``derandomize=True``, no example database, and a fixed
-number of examples per property (see :data:`FEW`, :data:`SOME`, :data:`MANY`).
+number of examples per property (see :data:`FEW`, :data:`SOME`, :data:`MANY`; scaled up by
+``CLIPSERVE_FUZZ_SCALE`` for a longer search).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ from clipserve.testing.hostile import (
 )
 
 #: Examples per property: cheap in-process checks get more, HTTP round trips fewer.
-MANY, SOME, FEW = 200, 100, 40
+#: ``CLIPSERVE_FUZZ_SCALE=20`` multiplies them for a longer search outside CI.
+_SCALE = max(1, int(os.environ.get("CLIPSERVE_FUZZ_SCALE", "1")))
+MANY, SOME, FEW = 200 * _SCALE, 100 * _SCALE, 40 * _SCALE
 
 
 def bounded(max_examples: int) -> Callable[[Any], Any]:
