@@ -56,3 +56,8 @@ class OverloadedError(ClipServeError):
 
 class RequestTimeoutError(ClipServeError):
     """A request did not get its result in time (HTTP 504)."""
+
+
+class StorageError(ClipServeError):
+    """A write to disk failed — no space left, a file size limit, a disk I/O error — and was
+    not applied: what was written before is intact (HTTP 507)."""

@@ -37,6 +37,7 @@ from clipserve.embed.output import (
 )
 from clipserve.embed.records import Record, TarMember, Url
 from clipserve.engine import Engine
+from clipserve.errors import StorageError
 from clipserve.models.loader import ClipModel
 from clipserve.models.preprocess import PreprocessConfig
 from clipserve.settings import Settings
@@ -324,7 +325,13 @@ class ShardWriter:
             if self._error is None:
                 try:
                     write_shard(self._output, rows)
-                except BaseException as exc:  # e.g. a full disk: report it, write no more
+                except StorageError as exc:  # a full disk: say how to go on, write no more
+                    self._error = StorageError(
+                        f"shard {rows.index}: {exc}; the shards written before it are kept: "
+                        "free some space and run the same command again to finish the job"
+                    )
+                    self._error.__cause__ = exc
+                except BaseException as exc:  # report it, write no more
                     self._error = exc
 
 

@@ -10,7 +10,9 @@ any point leaves an index that opens and holds every acknowledged write.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from clipserve.errors import ClipServeError, InvalidInputError
+from clipserve.errors import ClipServeError, InvalidInputError, StorageError
 from clipserve.index.store import ItemStore, NewItem, StoredItem
 from clipserve.index.vectors import DEFAULT_MEMORY_BUDGET, VectorIndex, choose_layout
 
@@ -32,6 +34,8 @@ SNAPSHOT_EVERY = 50_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _STORE_FILE = "items.sqlite"
 MODALITIES = ("image", "text", "vector")
+
+log = logging.getLogger("clipserve.index")
 
 
 class IndexNotFoundError(ClipServeError):
@@ -88,7 +92,7 @@ class Index:
         if loaded is not None and loaded[1] == generation and loaded[0].dim == self.dim:
             return loaded[0]
         vectors = self._rebuilt()
-        vectors.save(self.directory, generation)
+        self._save_snapshot(vectors, generation)
         return vectors
 
     def _rebuilt(self) -> VectorIndex:
@@ -151,9 +155,10 @@ class Index:
         # A new kind, or an IVF that has grown four-fold since it was trained: retrain.
         outgrown = current.kind != "flat" and count > 4 * current.trained_count
         if layout.kind != current.kind or outgrown:
-            self.rebuild()
+            self._vectors = self._rebuilt()
+            self._save_quietly()
         elif self._unsaved >= SNAPSHOT_EVERY:
-            self.save()
+            self._save_quietly()
 
     def rebuild(self) -> None:
         """Choose the layout for the current size, retrain and retune it from the store, and
@@ -163,11 +168,30 @@ class Index:
             self.save()
 
     def save(self) -> None:
-        """Write a FAISS snapshot now (it spares the next open a rebuild)."""
+        """Write a FAISS snapshot now (it spares the next open a rebuild).
+
+        Raises:
+            StorageError: The disk could not take it (the previous snapshot stays; the next
+                open rebuilds from the store, which holds every write).
+        """
         with self._lock:
             self._vectors.save(self.directory, self._store.generation)
             self._store.checkpoint()
             self._unsaved = 0
+
+    def _save_quietly(self) -> None:
+        # The snapshot is a cache of the store: failing to write it must not fail a write the
+        # store has already made durable (nor an open, nor a close).
+        try:
+            self.save()
+        except StorageError as exc:
+            _snapshot_not_saved(self.name, exc)
+
+    def _save_snapshot(self, vectors: VectorIndex, generation: int) -> None:
+        try:
+            vectors.save(self.directory, generation)
+        except StorageError as exc:
+            _snapshot_not_saved(self.name, exc)
 
     def _check_items(self, items: Sequence[NewItem]) -> None:
         seen: set[str] = set()
@@ -291,10 +315,11 @@ class Index:
         }
 
     def close(self) -> None:
-        """Save a snapshot if anything changed since the last one, and close the store."""
+        """Save a snapshot if anything changed since the last one (if the disk can take it),
+        and close the store."""
         with self._lock:
             if self._unsaved:
-                self.save()
+                self._save_quietly()
             self._store.close()
 
 
@@ -321,10 +346,7 @@ class Catalog:
                 if not exist_ok:
                     raise IndexExistsError(f"index {name!r} exists already")
             else:
-                directory.mkdir(parents=True, exist_ok=True)
-                store = ItemStore(directory / _STORE_FILE)
-                store.set_info({"model": model, "dim": str(dim), "generation": "0"})
-                store.close()
+                _create_store(directory, {"model": model, "dim": str(dim), "generation": "0"})
         index = self.open(name)
         if index.model != model or index.dim != dim:
             raise IndexExistsError(
@@ -379,6 +401,24 @@ def _near(vectors: np.ndarray, distance: float = 0.3, seed: int = 0) -> np.ndarr
     moved = vectors + noise
     normalised: np.ndarray = moved / np.linalg.norm(moved, axis=1, keepdims=True)
     return normalised
+
+
+def _create_store(directory: Path, info: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        store = ItemStore(directory / _STORE_FILE)
+        try:
+            store.set_info(info)
+        finally:
+            store.close()
+    except StorageError:
+        # A half-created index (a store without its model and dimension) must not be listed.
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _snapshot_not_saved(name: str, exc: StorageError) -> None:
+    log.warning("index %r: snapshot not saved, the next open rebuilds it: %s", name, exc)
 
 
 def _checked_name(name: str) -> str:

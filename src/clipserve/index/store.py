@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from clipserve.errors import InvalidInputError
+from clipserve.errors import InvalidInputError, StorageError
 from clipserve.index.filters import where_clause
 
 _SCHEMA = """
@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, jpeg BLOB NOT NULL);
 """
+#: Primary SQLite result codes of a write the disk could not take: SQLITE_IOERR (10; a write
+#: over RLIMIT_FSIZE fails with EFBIG and surfaces as SQLITE_IOERR_WRITE) and SQLITE_FULL (13).
+_STORAGE_CODES = frozenset({10, 13})
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,21 @@ class ItemStore:
     """SQLite storage of one index's items; thread-safe (one connection behind a lock)."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # A 512-d vector row is just over 2 KiB: on SQLite's default 4 KiB pages only one fits
-        # per page, doubling the file. 16 KiB pages hold seven. (No effect on existing files.)
-        self._db.execute("PRAGMA page_size=16384")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            with self._storage_errors():
+                # A 512-d vector row is just over 2 KiB: on SQLite's default 4 KiB pages only
+                # one fits per page, doubling the file. 16 KiB pages hold seven. (No effect on
+                # existing files.)
+                self._db.execute("PRAGMA page_size=16384")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
 
     # ------------------------------------------------------------------ info
     def info(self, key: str) -> str | None:
@@ -141,14 +151,33 @@ class ItemStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        with self._lock:
+        with self._lock, self._storage_errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite rolls back by itself after some failures (a COMMIT the disk could not
+                # take): a second ROLLBACK would raise and hide the real error.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """Turn SQLite's "disk full" and "disk I/O error" into a :class:`StorageError`."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0)
+            if code & 0xFF not in _STORAGE_CODES:
+                raise
+            name = getattr(exc, "sqlite_errorname", "")
+            raise StorageError(
+                f"cannot write {self.path}: {exc} ({name}): the disk is full, a file size "
+                "limit was reached or the disk failed; this write was not applied, earlier "
+                "ones are intact"
+            ) from exc
 
     # ------------------------------------------------------------------ reads
     def count(self) -> int:
@@ -232,7 +261,7 @@ class ItemStore:
     def checkpoint(self) -> None:
         """Move the write-ahead log into the database file and truncate it (after a bulk load
         the log can be as large as the biggest transaction)."""
-        with self._lock:
+        with self._lock, self._storage_errors():
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:

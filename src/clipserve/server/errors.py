@@ -28,6 +28,7 @@ from clipserve.errors import (
     ModelUnavailableError,
     OverloadedError,
     RequestTimeoutError,
+    StorageError,
     TextTooLongError,
 )
 from clipserve.index.collection import IndexExistsError, IndexNotFoundError, ItemNotFoundError
@@ -69,7 +70,9 @@ class NotReadyError(ClipServeError):
 
 #: HTTP status of each error class; the most specific class in an error's MRO wins.
 #: TextTooLongError is a 413 like every other "too large" input, so clients can treat
-#: "split or shrink the request" uniformly.
+#: "split or shrink the request" uniformly. A write the disk could not take is 507
+#: (Insufficient Storage, RFC 4918): the server's fault, not the request's, and unlike a 500
+#: it tells the operator what to fix; sending it again helps only once space is freed.
 STATUS: Mapping[type[ClipServeError], int] = {
     PayloadTooLargeError: 413,
     TooManyItemsError: 413,
@@ -86,6 +89,7 @@ STATUS: Mapping[type[ClipServeError], int] = {
     NotReadyError: 503,
     ModelUnavailableError: 503,
     RequestTimeoutError: 504,
+    StorageError: 507,
     ExportUnavailableError: 500,
 }
 

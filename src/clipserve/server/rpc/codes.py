@@ -24,6 +24,7 @@ from clipserve.errors import (
     ModelUnavailableError,
     OverloadedError,
     RequestTimeoutError,
+    StorageError,
     TextTooLongError,
 )
 from clipserve.index.collection import IndexExistsError, IndexNotFoundError, ItemNotFoundError
@@ -40,7 +41,9 @@ log = logging.getLogger("clipserve.server.grpc")
 Code = grpc.StatusCode
 
 #: gRPC status of each error class. Like HTTP's 413s, everything "too large or too many" —
-#: and a full queue, HTTP's 503 — is RESOURCE_EXHAUSTED: split, shrink or slow down.
+#: and a full queue, HTTP's 503 — is RESOURCE_EXHAUSTED: split, shrink or slow down. So is a
+#: full disk (HTTP's 507), as the gRPC status documentation suggests for "the entire file
+#: system is out of space".
 CODES: Mapping[type[ClipServeError], grpc.StatusCode] = {
     PayloadTooLargeError: Code.RESOURCE_EXHAUSTED,
     TooManyItemsError: Code.RESOURCE_EXHAUSTED,
@@ -56,6 +59,7 @@ CODES: Mapping[type[ClipServeError], grpc.StatusCode] = {
     NotReadyError: Code.UNAVAILABLE,
     ModelUnavailableError: Code.UNAVAILABLE,
     RequestTimeoutError: Code.DEADLINE_EXCEEDED,
+    StorageError: Code.RESOURCE_EXHAUSTED,
     ExportUnavailableError: Code.INTERNAL,
 }
 
@@ -90,7 +94,7 @@ def failure_of(exc: Exception, method: str) -> Failure:
         code = code_of(exc)
         retry_after = getattr(exc, "retry_after", None)
         trailers = (("retry-after", str(int(retry_after))),) if retry_after is not None else ()
-        if code in _SERVER_SIDE or isinstance(exc, OverloadedError):
+        if code in _SERVER_SIDE or isinstance(exc, OverloadedError | StorageError):
             log.warning("%s failed: %s: %s", method, type(exc).__name__, exc)
         return Failure(code, str(exc), trailers)
     if isinstance(exc, RequestValidationError):
