@@ -61,12 +61,22 @@ def export_checkpoint(checkpoint: Path, destination: Path) -> ExportMeta:
 
     Returns the metadata written to ``destination/meta.json``.
     """
+    # Clear errors about missing files before torch loads anything. Without its config,
+    # transformers would build a default one and fail on the first mismatched weight.
+    weights = weights_file(checkpoint)
+    if not (checkpoint / "config.json").is_file():
+        raise ModelUnavailableError(
+            f"{checkpoint} has no config.json: a CLIPModel checkpoint needs it beside "
+            f"{weights.name}"
+        )
     torch, transformers = _require_torch()
-    weights_file(checkpoint)  # a clear error before torch loads anything
     try:
         model = transformers.CLIPModel.from_pretrained(checkpoint, torch_dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailableError(f"cannot load the checkpoint in {checkpoint}: {exc}") from exc
+    except Exception as exc:  # OSError, ValueError, safetensors' own error on a truncated file
+        raise ModelUnavailableError(
+            f"cannot load the checkpoint in {checkpoint} (weights {weights.name}, "
+            f"{weights.stat().st_size} bytes): {type(exc).__name__}: {exc}"
+        ) from exc
     model.eval().requires_grad_(False)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=destination.parent))

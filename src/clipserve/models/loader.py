@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clipserve.errors import InvalidInputError
+from clipserve.errors import InvalidInputError, ModelUnavailableError
 from clipserve.models import registry
 from clipserve.models.onnx_store import (
     ExportMeta,
+    check_not_partial_export,
     checkpoint_fingerprint,
     export_dir_for,
     file_lock,
@@ -64,6 +65,8 @@ def prepare_export(name: str, settings: Settings) -> tuple[str, Path]:
         raise InvalidInputError(f"unknown precision {settings.precision!r}: use fp32 or int8")
     resolved = registry.resolve(name)
     directory = resolved.directory
+    if not _has_weights(directory):
+        check_not_partial_export(directory)
     if not is_export_dir(directory):
         weights = registry.weights_file(directory)
         fingerprint = checkpoint_fingerprint(directory, weights)
@@ -78,6 +81,14 @@ def prepare_export(name: str, settings: Settings) -> tuple[str, Path]:
             if not all(path.is_file() for path in graph_files(directory, settings.precision)):
                 quantize_int8(directory)
     return resolved.name, directory
+
+
+def _has_weights(directory: Path) -> bool:
+    try:
+        registry.weights_file(directory)
+    except ModelUnavailableError:
+        return False
+    return True
 
 
 def load_model(name: str, settings: Settings) -> ClipModel:

@@ -71,8 +71,27 @@ def graph_files(directory: Path, precision: str) -> tuple[Path, Path]:
 
 def is_export_dir(directory: Path) -> bool:
     """Whether ``directory`` already holds an fp32 ONNX pair with its metadata."""
-    visual, textual = graph_files(directory, "fp32")
-    return visual.is_file() and textual.is_file() and (directory / META_FILE).is_file()
+    return not missing_export_files(directory)
+
+
+def missing_export_files(directory: Path) -> list[str]:
+    """The files of a complete fp32 export (graphs and ``meta.json``) ``directory`` lacks."""
+    needed = [*graph_files(directory, "fp32"), directory / META_FILE]
+    return [path.name for path in needed if not path.is_file()]
+
+
+def check_not_partial_export(directory: Path) -> None:
+    """Raise a clear error for an export directory with some of its files gone.
+
+    Without this, such a directory would be taken for a checkpoint and fail with "no weights
+    to export from", naming nothing of what is actually wrong.
+    """
+    missing = missing_export_files(directory)
+    if missing and len(missing) < 3:
+        raise ModelUnavailableError(
+            f"{directory} is an incomplete ONNX export: {', '.join(missing)} missing; "
+            "export the model again (clipserve export) or restore the file"
+        )
 
 
 def checkpoint_fingerprint(checkpoint: Path, weights: Path) -> str:

@@ -37,9 +37,19 @@ class OnnxSession:
                 str(path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors on bad files
-            raise ModelUnavailableError(f"cannot load ONNX graph {path}: {exc}") from exc
+            raise ModelUnavailableError(
+                f"cannot load ONNX graph {path} ({_size(path)}): {exc} — the file is missing, "
+                "truncated or corrupt: export the model again (clipserve export)"
+            ) from exc
         self._input = self._session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         output = self._session.run(None, {self._input: batch})[0]
         return np.asarray(output, dtype=np.float32)
+
+
+def _size(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size} bytes"
+    except OSError:
+        return "missing"

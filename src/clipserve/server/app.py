@@ -160,9 +160,11 @@ async def _load_and_warm(state: ServerState, engine: Engine | None) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        # Keep serving: /healthz and /readyz report the failure (a probe restarts the pod).
+        # /healthz and /readyz report the failure; `clipserve serve` also exits (with it).
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.exception("loading the models failed")
+        if state.on_load_failure is not None:
+            state.on_load_failure()
 
 
 def _warm_image() -> bytes:

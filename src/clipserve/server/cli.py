@@ -94,9 +94,10 @@ def serve(**options: Any) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs), and gRPC with --grpc-port.
 
     Models load in the background: /healthz answers at once, /readyz once every model is
-    warm. SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish,
-    then exits. API keys, limits and URL fetching are set through the environment, e.g.
-    CLIPSERVE_API_KEYS=key1,key2 (see docs/server.md).
+    warm; a model that cannot be loaded (a missing or truncated file) stops the server with
+    exit status 1 and the error. SIGTERM (or Ctrl-C) stops accepting connections, lets
+    in-flight requests finish, then exits. API keys, limits and URL fetching are set through
+    the environment, e.g. CLIPSERVE_API_KEYS=key1,key2 (see docs/server.md).
 
     \b
     clipserve serve --model ViT-B-32::openai --port 8000
@@ -116,7 +117,10 @@ def serve(**options: Any) -> None:
 def run(settings: ServerSettings) -> None:
     """Serve ``settings`` with uvicorn until SIGTERM/SIGINT; blocks.
 
-    Logging goes to stderr as configured by ``log_json`` and ``log_level``.
+    Logging goes to stderr as configured by ``log_json`` and ``log_level``. A model that
+    cannot be loaded (missing, truncated or corrupt files) stops the server as soon as loading
+    fails: ``click.ClickException`` (exit status 1) with the loader's error, which names the
+    file — a supervisor sees the crash at start, not at the first request.
     """
     from clipserve.server import require_server_extra
 
@@ -125,10 +129,13 @@ def run(settings: ServerSettings) -> None:
 
     from clipserve.server.app import create_app
     from clipserve.server.logs import configure_logging
+    from clipserve.server.state import ServerState
 
     configure_logging(json_lines=settings.log_json, level=settings.log_level)
+    app = create_app(settings)
+    state: ServerState = app.state.clipserve
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         ssl_certfile=settings.tls_cert,
@@ -139,7 +146,12 @@ def run(settings: ServerSettings) -> None:
         lifespan="on",
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    # Set on the event loop; uvicorn's main loop checks the flag ten times a second.
+    state.on_load_failure = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if state.load_error is not None:
+        raise click.ClickException(f"the models failed to load: {state.load_error}")
 
 
 def _settings_problem(exc: ValidationError) -> str:

@@ -5,6 +5,7 @@ Kept on ``app.state.clipserve`` (never a module global) and handed to routes as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
@@ -33,6 +34,9 @@ class ServerState:
     catalog: Catalog | None = None
     #: The port the gRPC server listens on, once started (``grpc_port=0`` picks a free one).
     grpc_port: int | None = None
+    #: Called (on the event loop) when loading the models fails; ``clipserve serve`` stops
+    #: the server then. Unset, the app keeps serving and reports the failure on /healthz.
+    on_load_failure: Callable[[], None] | None = None
 
     def index_catalog(self) -> Catalog:
         """The indexes under ``settings.data_dir/indexes`` (opened on first use)."""
