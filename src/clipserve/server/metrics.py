@@ -75,6 +75,11 @@ class Metrics:
             ["method", "code"],
             registry=self.registry,
         )
+        self.grpc_in_progress = Gauge(
+            "clipserve_grpc_requests_in_progress",
+            "gRPC calls of clipserve.v1.Clip being handled now (streams until they end).",
+            registry=self.registry,
+        )
         self.grpc_latency = Histogram(
             "clipserve_grpc_request_duration_seconds",
             "Time from call to status, by method and status code.",

@@ -1,4 +1,5 @@
-"""``clipserve serve`` as a process: flags and environment, JSON logs, graceful SIGTERM."""
+"""``clipserve serve`` as a process: flags and environment, JSON logs, graceful SIGTERM (one slow
+request; HTTP and gRPC calls under load)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 from PIL import Image
+from processtools import ServerProcess, free_port
 from servertools import READY_TIMEOUT, png
+
+from clipserve.v1 import clip_pb2, clip_pb2_grpc
 
 
 def _free_port() -> int:
@@ -98,3 +104,46 @@ def test_sigterm_lets_in_flight_requests_finish(
     assert encode and encode[-1]["status"] == 200
     assert {"request_id", "method", "status", "duration_ms"} <= set(encode[-1])
     assert any(entry["message"] == "server stopped" for entry in logs)
+
+
+def test_sigterm_under_load_finishes_every_call_in_flight_over_http_and_grpc(
+    tiny_clip_dir: Path, clipserve_cache: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    server = ServerProcess(tiny_clip_dir, clipserve_cache, log, grpc_port=free_port())
+    images = _slow_images()[:16]
+    outcomes: dict[str, Any] = {}
+
+    def over_http(name: str) -> None:
+        files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+        outcomes[name] = httpx.post(f"{server.url}/v1/encode", files=files, timeout=120)
+
+    def over_grpc() -> None:
+        request = clip_pb2.EncodeRequest(inputs=[clip_pb2.Input(image=data) for data in images])
+        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        with grpc.insecure_channel(server.grpc_target, options=options) as channel:
+            outcomes["grpc"] = clip_pb2_grpc.ClipStub(channel).Encode(request, timeout=120)
+
+    with server:
+        senders = [threading.Thread(target=over_http, args=(f"http{n}",)) for n in range(3)]
+        senders.append(threading.Thread(target=over_grpc))
+        for sender in senders:
+            sender.start()
+        while _in_progress(server.url) < 3 or _grpc_in_progress(server.url) < 1:
+            assert all(sender.is_alive() for sender in senders), "a call ended before SIGTERM"
+            time.sleep(0.005)
+        status = server.stop(signal.SIGTERM)
+        for sender in senders:
+            sender.join(120)
+    assert status in (0, -signal.SIGTERM), server.log.read_text()
+    for name in ("http0", "http1", "http2"):
+        assert outcomes[name].status_code == 200, outcomes[name].text
+        assert len(outcomes[name].json()["data"]) == len(images)
+    assert len(outcomes["grpc"].embeddings) == len(images)
+
+
+def _grpc_in_progress(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    match = re.search(r"^clipserve_grpc_requests_in_progress (\S+)$", text, re.MULTILINE)
+    assert match is not None
+    return float(match.group(1))

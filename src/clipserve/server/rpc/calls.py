@@ -32,6 +32,7 @@ class Calls:
         started = time.perf_counter()
         # A call that ends neither way was cancelled: the client left or its deadline passed.
         code = grpc.StatusCode.CANCELLED
+        self.state.metrics.grpc_in_progress.inc()
         try:
             try:
                 check_key(context.invocation_metadata(), self.state.settings.api_keys)
@@ -43,7 +44,7 @@ class Calls:
             code = grpc.StatusCode.OK
             return response
         finally:
-            self.state.metrics.observe_rpc(method, code.name, time.perf_counter() - started)
+            self._finished(method, code, started)
 
     async def stream(
         self,
@@ -57,6 +58,7 @@ class Calls:
         """
         started = time.perf_counter()
         code = grpc.StatusCode.CANCELLED
+        self.state.metrics.grpc_in_progress.inc()
         try:
             try:
                 check_key(context.invocation_metadata(), self.state.settings.api_keys)
@@ -69,4 +71,8 @@ class Calls:
                 await context.abort(failure.code, failure.message, failure.trailers)
             code = grpc.StatusCode.OK
         finally:
-            self.state.metrics.observe_rpc(method, code.name, time.perf_counter() - started)
+            self._finished(method, code, started)
+
+    def _finished(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self.state.metrics.grpc_in_progress.dec()
+        self.state.metrics.observe_rpc(method, code.name, time.perf_counter() - started)
