@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,28 +68,52 @@ def _seconds(work: Callable[[], object]) -> float:
 @contextmanager
 def running_server(model: Path, cache: Path) -> Iterator[str]:
     """``clipserve serve`` in a subprocess on a free loopback port; yields its URL when ready."""
-    port = _free_port()
-    env = {**os.environ, "CLIPSERVE_CACHE_DIR": str(cache), "CLIPSERVE_LOG_LEVEL": "warning"}
+    with server_process(model, cache) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(
+    model: Path,
+    cache: Path,
+    *,
+    options: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``clipserve serve --model MODEL [OPTIONS]`` in a subprocess on a free loopback port.
+
+    Yields its URL and process once ``/readyz`` answers 200; sends SIGTERM on exit.
+    ``env`` adds to this process's environment (``CLIPSERVE_*`` settings).
+    """
+    port = free_port()
+    environment = {
+        **os.environ,
+        "CLIPSERVE_CACHE_DIR": str(cache),
+        "CLIPSERVE_LOG_LEVEL": "warning",
+        **(env or {}),
+    }
     command = [sys.executable, "-m", "clipserve.cli", "serve", "--model", str(model)]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env=env)
+    command += ["--host", "127.0.0.1", "--port", str(port), *options]
+    process = subprocess.Popen(command, env=environment)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process)
-        yield url
+        wait_ready(url, process)
+        yield url, process
     finally:
         process.terminate()
         process.wait(60)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    """Poll ``url/readyz`` until 200; raise if ``process`` exits or time runs out."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -132,13 +156,14 @@ async def closed_loop(url: str, requests: list[dict[str, Any]], concurrency: int
         "concurrency": concurrency,
         "requests": len(requests),
         "requests_per_s": len(latencies) / elapsed,
-        "p50_ms": _percentile(latencies, 50),
-        "p99_ms": _percentile(latencies, 99),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
         "errors": errors,
     }
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile of ``values`` (seconds) in milliseconds; ``None`` if empty."""
     return float(np.percentile(values, q) * 1e3) if values else None
 
 
