@@ -7,17 +7,19 @@ index created and filled first) and keeps closed-loop clients of every kind busy
 * ``encode_image`` (multipart JPEG), ``encode_text`` (JSON), ``rank`` (an image against
   captions), ``search`` (a text query on the index), ``grpc_stream`` (``EncodeStream``, eight
   items), ``websocket`` (``/v1/stream``, eight items);
-* clients that leave mid-request: ``abort_body`` (half a body — a declared length or chunks —
-  then the socket closes), ``abort_request`` (a whole request, closed before the answer),
-  ``abort_grpc_stream`` (a stream cancelled after its first answer), ``abort_websocket`` (a
-  stream whose TCP connection is dropped without a close frame).
+* clients that leave mid-request, one of each leaving every second: ``abort_body`` (half a
+  body — a declared length or chunks — then the socket closes), ``abort_request`` (a whole
+  request, closed before the answer), ``abort_grpc_stream`` (a stream cancelled after its
+  first answer), ``abort_websocket`` (a stream whose TCP connection is dropped without a
+  close frame).
 
 Prints one JSON document: requests served per kind; errors per kind by HTTP status, gRPC code
 or exception class; p50/p99 latency per kind per ``--window``; the server's RSS (VmRSS) at
 start, after ``--warmup`` and at the end, and its growth after warm-up; the server's in-flight
-gauges once the load stops. RSS "after warm-up" and "at the end" are each the peak over the
-``--rss-span`` seconds before that moment, under load: a batch of images alone moves RSS by
-tens of MB, a leak moves the peak.
+gauges once the load stops, and its own counts of answers and of items encoded or dropped
+(a departed client's items leave the queue unrun). RSS "after warm-up" and "at the end" are
+each the peak over the ``--rss-span`` seconds before that moment, under load: a batch of
+images alone moves RSS by tens of MB, a leak moves the peak.
 
 Targets (exit status 1 if one is missed): no unexpected errors — no 5xx other than the
 deliberate 503 of a full queue (and RESOURCE_EXHAUSTED, its gRPC twin), no dropped connection,
@@ -70,10 +72,12 @@ CLIENTS: dict[str, tuple[int, float]] = {
     "search": (1, 0.0),
     "grpc_stream": (1, 0.0),
     "websocket": (1, 0.0),
-    "abort_body": (1, 0.2),
-    "abort_request": (1, 0.2),
-    "abort_grpc_stream": (1, 0.2),
-    "abort_websocket": (1, 0.2),
+    # A second between departures: enough to exercise every disconnect path hundreds of times
+    # in ten minutes without the departed clients' work being most of the load.
+    "abort_body": (1, 1.0),
+    "abort_request": (1, 1.0),
+    "abort_grpc_stream": (1, 1.0),
+    "abort_websocket": (1, 1.0),
 }
 ABORTS = frozenset(kind for kind in CLIENTS if kind.startswith("abort_"))
 #: Outcomes that are the server's deliberate backpressure, not failures.
@@ -208,7 +212,7 @@ async def abort_body(load: Load) -> str:
 async def abort_request(load: Load) -> str:
     """A whole request (images to encode), then the socket closes before the answer."""
     images = [f"data:image/jpeg;base64,{base64.b64encode(load.jpeg()).decode()}"]
-    body = json.dumps({"inputs": images * 4}).encode()
+    body = json.dumps({"inputs": images * 2}).encode()
     head = _request_head(f"Content-Length: {len(body)}\r\n")
     await _send_and_close(load, head + body, linger=load.rng.uniform(0.0, 0.05))
     return "ok"
@@ -409,14 +413,20 @@ def _metric_sum(text: str, name: str) -> float:
 
 
 def _server_counts(text: str) -> dict[str, int]:
-    """The server's own count of answers: HTTP by route and status, gRPC by method and code."""
+    """The server's own counts: answers (HTTP by route and status, gRPC by method and code),
+    and items run through the model or dropped before it (their client gone), by modality."""
     counts: dict[str, int] = {}
     for sample in _samples(text):
         labels = sample.labels
         if sample.name == "clipserve_http_requests_total":
-            counts[f"http {labels['route']} {labels['status']}"] = int(sample.value)
+            key = f"http {labels['route']} {labels['status']}"
         elif sample.name == "clipserve_grpc_requests_total":
-            counts[f"grpc {labels['method']} {labels['code']}"] = int(sample.value)
+            key = f"grpc {labels['method']} {labels['code']}"
+        elif sample.name in ("clipserve_items_encoded_total", "clipserve_items_dropped_total"):
+            key = f"items {sample.name.split('_')[2]} {labels['modality']}"
+        else:
+            continue
+        counts[key] = counts.get(key, 0) + int(sample.value)
     return counts
 
 
