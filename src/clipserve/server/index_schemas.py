@@ -6,13 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clipserve.server.schemas import EXAMPLE_DATA_URI, InputItem
+from clipserve.server.schemas import EXAMPLE_DATA_URI, InputItem, JsonInt, exactly_one_of
 
 SearchModality = Literal["image", "text", "vector"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # As clipserve.server.schemas._StrictJson: unknown fields and lax coercions are 422s.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class IndexInfo(BaseModel):
@@ -46,6 +47,8 @@ def _one_of_input_or_vector(input_item: Any, vector: Any, what: str) -> None:
 class ItemIn(_Strict):
     """An item to add: an input to embed (text, image, URL) or a ready vector, and metadata."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("input", "vector"))
+
     id: str = Field(min_length=1, max_length=512)
     input: InputItem | None = Field(None, description="A text, data URI, URL or input object.")
     vector: list[float] | None = Field(None, description="A ready embedding of the index's dim.")
@@ -74,10 +77,12 @@ class AddItemsResponse(BaseModel):
 class SearchRequest(_Strict):
     """A query — text, image, vector or an indexed item's id — and what to return."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("input", "vector", "id"))
+
     input: InputItem | None = Field(None, description="A text, data URI, URL or input object.")
     vector: list[float] | None = Field(None, description="A ready query embedding.")
     id: str | None = Field(None, description="An item of this index: find items like it.")
-    k: int = Field(10, ge=1, le=1000)
+    k: JsonInt = Field(10, ge=1, le=1000)
     filter: dict[str, Any] | None = Field(
         None, description='Metadata conditions: {"year": {"gte": 2020}, "tag": "cat"}.'
     )

@@ -116,7 +116,8 @@ async def parse_encode(request: Request, state: ServerState, defaults: EncodeOpt
     media = _media_type(request)
     raw: Sequence[InputItem | _Parsed]
     if media in ("", "application/json") or media.endswith("+json"):
-        body = validate(EncodeRequest, await _ajson(await request.body()), "body", defaults)
+        data = await _ajson(await request.body())
+        body = validate(EncodeRequest, data, "body", defaults, strict=True)
         options: EncodeOptions = body
         raw, where = body.inputs, "inputs"
     elif media in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -179,16 +180,23 @@ def served_model(state: ServerState, name: str | None) -> str:
 
 
 def validate(
-    model: type[ModelT], data: Any, where: str, defaults: BaseModel | None = None
+    model: type[ModelT],
+    data: Any,
+    where: str,
+    defaults: BaseModel | None = None,
+    *,
+    strict: bool | None = None,
 ) -> ModelT:
     """Validate ``data`` as ``model``, reporting problems like FastAPI does (a 422).
 
-    Fields missing from ``data`` are taken from ``defaults`` when given.
+    Fields missing from ``data`` are taken from ``defaults`` when given. ``strict=True``
+    for JSON bodies: a boolean must be ``true``/``false``, a number a number, as the schema
+    says (form fields and query strings need the lax default).
     """
     if defaults is not None and isinstance(data, dict):
         data = {**defaults.model_dump(exclude_unset=True), **data}
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         errors = [{**error, "loc": (where, *error["loc"])} for error in exc.errors()]
         raise RequestValidationError(errors) from exc

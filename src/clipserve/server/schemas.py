@@ -7,9 +7,18 @@ exactly one of ``text``, ``image`` (base64 or a data URI) and ``url``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
 Encoding = Literal["float", "base64", "base64_f16"]
 Modality = Literal["text", "image"]
@@ -22,13 +31,45 @@ EXAMPLE_PNG_B64 = (
 EXAMPLE_DATA_URI = f"data:image/png;base64,{EXAMPLE_PNG_B64}"
 
 
+def exactly_one_of(*names: str) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` of a model that needs exactly one of its optional fields
+    ``names`` to be given and not null — what its validator checks — so that the OpenAPI
+    document says so too. Without it the document calls ``{}`` valid, and the server
+    answers it with a 422.
+    """
+
+    def document(schema: dict[str, Any]) -> None:
+        not_null = {"not": {"type": "null"}}
+        schema["oneOf"] = [{"required": [name], "properties": {name: not_null}} for name in names]
+
+    return document
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's "integer" includes 10.0; strict validation alone would refuse it.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+#: An integer of a strict JSON body: 10 or 10.0, never "10" or true.
+JsonInt = Annotated[int, BeforeValidator(_whole_number)]
+
+
 class _Strict(BaseModel):
     # Unknown fields are a client mistake worth a 422, not something to ignore silently.
     model_config = ConfigDict(extra="forbid")
 
 
-class InputObject(_Strict):
+class _StrictJson(BaseModel):
+    # JSON bodies hold what their schema says: no 0 for false or "5" for 5, which pydantic's
+    # lax mode would take although the OpenAPI document says otherwise. (EncodeOptions stays
+    # lax: form fields and query parameters arrive as strings.)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class InputObject(_StrictJson):
     """One input spelled out: exactly one of ``text``, ``image`` or ``url``."""
+
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("text", "image", "url"))
 
     text: str | None = Field(None, description="A text, never interpreted as an image or URL.")
     image: str | None = Field(None, description="Base64 image bytes or a data:image/... URI.")
@@ -111,7 +152,7 @@ class EncodeResponse(BaseModel):
     usage: Usage
 
 
-class RankRequest(_Strict):
+class RankRequest(_StrictJson):
     """Score candidates against a query; either may be texts or images."""
 
     query: InputItem
@@ -134,7 +175,7 @@ class RankResponse(BaseModel):
     results: list[RankScore]
 
 
-class ClassifyRequest(_Strict):
+class ClassifyRequest(_StrictJson):
     """Zero-shot classification of images among labels."""
 
     images: list[InputItem] = Field(

@@ -25,10 +25,16 @@ from clipserve.server.schemas import InputObject
 from clipserve.server.state import EngineDep, StateDep
 
 from .common import Part, check_total, image_reference, read_parts
-from .errors import CompatError, CompatInputError, error_route
+from .errors import CompatError, CompatInputError, error_docs, error_route
 
 #: The example's default candidates when a rank request names none.
 DEFAULT_CANDIDATES = ("picture of a dog", "picture of a cat")
+
+
+class BentoErrorBody(BaseModel):
+    """BentoML's error body."""
+
+    error: str
 
 
 def render_error(error: CompatError) -> JSONResponse:
@@ -104,19 +110,17 @@ _RANK_EXAMPLE: dict[int | str, Any] = {
         }
     }
 }
-_ERRORS: dict[int | str, Any] = {
-    400: {
-        "description": "Bad input",
-        "content": {"application/json": {"example": {"error": "items[0]: not an image"}}},
-    }
-}
+#: Errors of the routes that take images: no model or index to name, no body model to fail.
+_IMAGE_ERRORS = error_docs(
+    render_error, BentoErrorBody, (400, 401, 413, 415, 503, 504), {400: "items[0]: not an image"}
+)
 
 
 @router.post(
     "/encode_image",
     summary="BentoML CLIP: embed images",
     openapi_extra=_MULTIPART_IMAGES,
-    responses={**_MATRIX_EXAMPLE, **_ERRORS},
+    responses={**_MATRIX_EXAMPLE, **_IMAGE_ERRORS},
 )
 async def encode_image(request: Request, engine: EngineDep, state: StateDep) -> JSONResponse:
     """Image embeddings (unnormalised), one row per ``items`` file part, as a bare 2-D list."""
@@ -131,7 +135,10 @@ async def encode_image(request: Request, engine: EngineDep, state: StateDep) -> 
 @router.post(
     "/encode_text",
     summary="BentoML CLIP: embed texts",
-    responses={**_MATRIX_EXAMPLE, **_ERRORS},
+    responses={
+        **_MATRIX_EXAMPLE,
+        **error_docs(render_error, BentoErrorBody, (400, 401, 413, 415, 422, 503, 504)),
+    },
 )
 async def encode_text(body: TextItems, engine: EngineDep, state: StateDep) -> JSONResponse:
     """Text embeddings (unnormalised), one row per item, as a bare 2-D list."""
@@ -144,7 +151,7 @@ async def encode_text(body: TextItems, engine: EngineDep, state: StateDep) -> JS
     "/rank",
     summary="BentoML CLIP: score query images against candidate texts",
     openapi_extra=_MULTIPART_RANK,
-    responses={**_RANK_EXAMPLE, **_ERRORS},
+    responses={**_RANK_EXAMPLE, **_IMAGE_ERRORS},
 )
 async def rank(request: Request, engine: EngineDep, state: StateDep) -> JSONResponse:
     """Per query image, the softmax of ``logit_scale · cosine`` over the candidates and the
@@ -221,7 +228,10 @@ SCHEMA: dict[str, Any] = {
 @router.get(
     "/schema.json",
     summary="BentoML CLIP: the service's API schema",
-    responses={200: {"content": {"application/json": {"example": SCHEMA}}}},
+    responses={
+        200: {"content": {"application/json": {"example": SCHEMA}}},
+        **error_docs(render_error, BentoErrorBody, (401,)),
+    },
 )
 async def schema() -> dict[str, Any]:
     """The three APIs' routes and argument schemas, for BentoML's Python client."""

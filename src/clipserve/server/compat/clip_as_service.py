@@ -40,7 +40,7 @@ from clipserve.server.schemas import EXAMPLE_PNG_B64, InputObject
 from clipserve.server.state import EngineDep, ServerState, StateDep
 
 from .common import check_total, image_reference
-from .errors import CompatError, CompatInputError, error_route
+from .errors import CompatError, CompatInputError, error_docs, error_route
 
 #: jina's ``StatusProto.ERROR``.
 _STATUS_ERROR = 1
@@ -48,6 +48,34 @@ _EXECUTOR = "clip_t"
 _HEADER_FIELDS = ("request_id", "target_executor", "timeout")
 #: Deepest nesting of a request's documents, parameters or header (they are sent back).
 MAX_DEPTH = 64
+
+
+class JinaException(BaseModel):
+    """The exception of a failed Jina request."""
+
+    name: str
+    args: list[str]
+
+
+class JinaStatus(BaseModel):
+    """Jina's ``StatusProto`` of a failed request."""
+
+    code: int
+    description: str
+    exception: JinaException
+
+
+class JinaErrorHeader(BaseModel):
+    """The header of a failed Jina request."""
+
+    status: JinaStatus
+
+
+class JinaErrorBody(BaseModel):
+    """Jina's envelope of a failed request: its status, no documents."""
+
+    header: JinaErrorHeader
+    data: None
 
 
 def render_error(error: CompatError) -> JSONResponse:
@@ -130,22 +158,11 @@ _RESPONSES: dict[int | str, Any] = {
             }
         }
     },
-    400: {
-        "description": "Bad input",
-        "content": {
-            "application/json": {
-                "example": {
-                    "header": {
-                        "status": {
-                            "code": _STATUS_ERROR,
-                            "description": "data[0]: the document has no text, blob or uri",
-                        }
-                    },
-                    "data": None,
-                }
-            }
-        },
-    },
+    **error_docs(
+        render_error,
+        JinaErrorBody,
+        examples={400: "data[0]: the document has no text, blob or uri"},
+    ),
 }
 
 

@@ -26,12 +26,20 @@ clipserve has no multilingual text encoder. Errors: Flask-RESTful's ``{"message"
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
 from clipserve.engine import Engine
 from clipserve.index import Hit, Index, IndexNotFoundError
@@ -42,10 +50,16 @@ from clipserve.server.schemas import EXAMPLE_PNG_B64, InputItem, InputObject
 from clipserve.server.state import EngineDep, ServerState, StateDep
 
 from .common import read_json
-from .errors import CompatError, CompatInputError, error_route
+from .errors import CompatError, CompatInputError, error_docs, error_route
 
 #: The most candidates one search returns (``Index.search``'s limit).
 MAX_RESULT_IDS = 10_000
+
+
+class MessageErrorBody(BaseModel):
+    """Flask-RESTful's error body."""
+
+    message: str
 
 
 def render_error(error: CompatError) -> JSONResponse:
@@ -58,6 +72,13 @@ router = APIRouter(
     dependencies=[RequireKey],
     route_class=error_route(render_error),
 )
+
+
+#: A number written as a string, or an empty one: clip-retrieval reads "" as "not given" and
+#: float() of anything else. A pattern, not a validator, so that the schema says it too.
+NumberText = Annotated[
+    str, StringConstraints(pattern=r"^\s*([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)?\s*$")
+]
 
 
 class KnnRequest(BaseModel):
@@ -79,16 +100,12 @@ class KnnRequest(BaseModel):
     use_mclip: bool = False
     use_safety_model: bool = Field(False, description="Accepted and ignored.")
     use_violence_detector: bool = Field(False, description="Accepted and ignored.")
-    aesthetic_score: float | str | None = Field(None, description="Accepted and ignored.")
-    aesthetic_weight: float | str | None = Field(None, description="Accepted and ignored.")
-
-    @field_validator("aesthetic_score", "aesthetic_weight")
-    @classmethod
-    def _number_or_empty(cls, value: float | str | None) -> float | str | None:
-        # clip-retrieval reads "" as "not given" and int()/float() of anything else.
-        if isinstance(value, str) and value.strip():
-            float(value)  # a ValueError becomes a validation error naming the field
-        return value
+    aesthetic_score: StrictFloat | NumberText | None = Field(
+        None, description="Accepted and ignored."
+    )
+    aesthetic_weight: StrictFloat | NumberText | None = Field(
+        None, description="Accepted and ignored."
+    )
 
     def query(self) -> tuple[str, InputItem | list[float]] | None:
         """``(field, query)`` by clip-retrieval's precedence: text, image, image URL, embedding."""
@@ -108,7 +125,7 @@ class MetadataRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    ids: list[str | int]
+    ids: list[StrictStr | StrictInt]  # never true/false: they are no ids
     indice_name: str | None = None
 
 
@@ -155,19 +172,15 @@ _KNN_RESULT = [
     },
     {"id": "red-circle-9", "similarity": 0.3017},
 ]
-_ERROR_EXAMPLES: dict[int | str, Any] = {
-    status: {
-        "description": description,
-        "content": {"application/json": {"example": {"message": message}}},
-    }
-    for status, description, message in (
-        (400, "Bad input", "give one of text, image, image_url or embedding_input"),
-        (401, "Missing or wrong API key", "invalid API key"),
-        (404, "Unknown index", "no index named 'laion5B'"),
-        (413, "Too many ids", "ids: 5000 items; the limit is 1024"),
-        (503, "Loading or overloaded", "the models are still loading; retry shortly"),
-    )
-}
+_ERROR_EXAMPLES = error_docs(
+    render_error,
+    MessageErrorBody,
+    examples={
+        400: "give one of text, image, image_url or embedding_input",
+        404: "no index named 'laion5B'",
+        413: "ids: 5000 items; the limit is 1024",
+    },
+)
 
 
 def _json_body(model: type[BaseModel], examples: dict[str, Any]) -> dict[str, Any]:
@@ -186,7 +199,10 @@ def _json_body(model: type[BaseModel], examples: dict[str, Any]) -> dict[str, An
 @router.get(
     "/indices-list",
     summary="clip-retrieval: list the indexes",
-    responses={200: {"content": {"application/json": {"example": ["shapes", "photos"]}}}},
+    responses={
+        200: {"content": {"application/json": {"example": ["shapes", "photos"]}}},
+        **error_docs(render_error, MessageErrorBody, (401,)),
+    },
 )
 async def indices_list(state: StateDep) -> JSONResponse:
     """The names of the indexes, sorted (the front selects the first by default)."""

@@ -10,17 +10,20 @@ function. The status codes stay those of :data:`clipserve.server.errors.STATUS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import json
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from clipserve.errors import ClipServeError, InvalidInputError
 from clipserve.server.errors import error_response, error_type, validation_message
+from clipserve.server.schemas import ErrorResponse
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,63 @@ def error_route(render: Render) -> type[APIRoute]:
             return handle
 
     return CompatRoute
+
+
+# ------------------------------------------------------------------ OpenAPI documentation
+class DetailErrorBody(BaseModel):
+    """FastAPI's error body, ``{"detail": "<message>"}`` (photofield-ai, immich)."""
+
+    detail: str
+
+
+#: Each error status a compat route may answer: what it means, its type and an example message.
+_ERROR_DOCS: dict[int, tuple[str, str, str]] = {
+    400: ("Bad input", "invalid_image", "items[0]: not an image (11 bytes Pillow cannot identify)"),
+    401: ("Missing or wrong API key", "unauthorized", "invalid API key"),
+    404: ("Unknown model or index", "model_not_found", "model 'x' is not served here"),
+    413: ("Too large, or too many items", "too_many_items", "3000 items; the limit is 1024"),
+    415: ("Unsupported Content-Encoding", "unsupported_media_type", "send gzip or nothing"),
+    422: ("Invalid body", "validation_error", "body.items: Field required"),
+    503: ("Loading or overloaded", "not_ready", "the models are still loading; retry shortly"),
+    504: ("Timed out", "request_timeout", "no result within 60 s"),
+}
+#: The error statuses of a compat route that reads a body and embeds.
+EMBED_ERRORS = (400, 401, 404, 413, 415, 422, 503, 504)
+#: Statuses the request body check answers before any route runs (a body over
+#: CLIPSERVE_MAX_BODY_BYTES, a corrupt gzip body, an unknown Content-Encoding): in clipserve's
+#: own error body, whichever router the request was for.
+_BODY_CHECK = frozenset({400, 413, 415})
+
+
+def error_docs(
+    render: Render,
+    body: type[BaseModel],
+    statuses: Iterable[int] = EMBED_ERRORS,
+    examples: Mapping[int, str] | None = None,
+) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries documenting a compat route's errors in its router's body.
+
+    Args:
+        render: The router's error renderer; it makes each status's example.
+        body: The model of what ``render`` returns.
+        statuses: The error statuses the route can answer.
+        examples: Example messages by status, instead of the generic ones.
+
+    Example::
+
+        @router.post("/x", responses={**ok_example, **error_docs(render_error, ErrorBody)})
+    """
+    docs: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, kind, message = _ERROR_DOCS[status]
+        message = (examples or {}).get(status, message)
+        rendered = render(CompatError(status, kind, message, {}))
+        if rendered.status_code != status:  # e.g. OpenAI answers 422s as 400s
+            continue
+        model: Any = body | ErrorResponse if status in _BODY_CHECK else body
+        docs[status] = {
+            "model": model,
+            "description": description,
+            "content": {"application/json": {"example": json.loads(bytes(rendered.body))}},
+        }
+    return docs

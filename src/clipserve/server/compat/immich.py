@@ -27,7 +27,7 @@ from clipserve.server.schemas import InputObject
 from clipserve.server.state import EngineDep, ServerState, StateDep
 
 from .common import Part, read_parts
-from .errors import CompatError, CompatInputError, error_route
+from .errors import CompatError, CompatInputError, DetailErrorBody, error_docs, error_route
 
 _TASK = "clip"
 _EXIF_ORIENTATION = 0x0112
@@ -91,16 +91,14 @@ _RESPONSES: dict[int | str, Any] = {
             }
         }
     },
-    400: {
-        "description": "Bad input",
-        "content": {
-            "application/json": {"example": {"detail": "Either image or text must be provided"}}
+    **error_docs(
+        render_error,
+        DetailErrorBody,
+        examples={
+            400: "Either image or text must be provided",
+            422: "Invalid request format: 'entries' must be JSON like ...",
         },
-    },
-    422: {
-        "description": "Bad entries",
-        "content": {"application/json": {"example": {"detail": "Invalid request format."}}},
-    },
+    ),
 }
 
 

@@ -27,7 +27,7 @@ from clipserve.server.inputs import resolve, served_model
 from clipserve.server.schemas import EXAMPLE_DATA_URI
 from clipserve.server.state import EngineDep, ServerState, StateDep
 
-from .errors import CompatError, CompatInputError, error_route
+from .errors import CompatError, CompatInputError, error_docs, error_route
 
 #: OpenAI's error ``type`` per status.
 _TYPES = {
@@ -39,6 +39,21 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+class OpenAIError(BaseModel):
+    """What went wrong, as OpenAI describes it."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error body."""
+
+    error: OpenAIError
 
 
 def render_error(error: CompatError) -> JSONResponse:
@@ -104,21 +119,12 @@ _RESPONSES: dict[int | str, Any] = {
             }
         }
     },
-    400: {
-        "description": "Bad input",
-        "content": {
-            "application/json": {
-                "example": {
-                    "error": {
-                        "message": "dimensions: this model's embeddings have 512 dimensions",
-                        "type": "invalid_request_error",
-                        "param": "dimensions",
-                        "code": "invalid_request",
-                    }
-                }
-            }
-        },
-    },
+    # A malformed body is a 400 here, as OpenAI answers it: no 422.
+    **error_docs(
+        render_error,
+        OpenAIErrorBody,
+        examples={400: "dimensions: this model's embeddings have 512 dimensions"},
+    ),
 }
 
 

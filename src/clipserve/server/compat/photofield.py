@@ -24,7 +24,7 @@ from clipserve.server.schemas import InputObject
 from clipserve.server.state import EngineDep, StateDep
 
 from .common import read_parts
-from .errors import CompatError, CompatInputError, error_route
+from .errors import CompatError, CompatInputError, DetailErrorBody, error_docs, error_route
 
 
 def render_error(error: CompatError) -> JSONResponse:
@@ -55,12 +55,9 @@ def encode_embedding(vector: np.ndarray) -> dict[str, Any]:
 
 
 _ITEM_EXAMPLE = {"embedding_f16_b64": "VykzsNCu7CQ2NLCq...", "embedding_inv_norm_f16_uint16": 11922}
-_ERRORS: dict[int | str, Any] = {
-    400: {
-        "description": "Bad input",
-        "content": {"application/json": {"example": {"detail": "No images provided"}}},
-    }
-}
+_IMAGE_ERRORS = error_docs(
+    render_error, DetailErrorBody, (400, 401, 413, 415, 503, 504), {400: "No images provided"}
+)
 _MULTIPART: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -93,7 +90,7 @@ async def probe() -> Response:
                 "application/json": {"example": {"texts": [{"text": "hawk", **_ITEM_EXAMPLE}]}}
             }
         },
-        **_ERRORS,
+        **error_docs(render_error, DetailErrorBody, (400, 401, 413, 415, 422, 503, 504)),
     },
 )
 async def text_embeddings(body: TextEmbeddings, engine: EngineDep, state: StateDep) -> JSONResponse:
@@ -122,7 +119,7 @@ async def text_embeddings(body: TextEmbeddings, engine: EngineDep, state: StateD
                 }
             }
         },
-        **_ERRORS,
+        **_IMAGE_ERRORS,
     },
 )
 async def image_embeddings(request: Request, engine: EngineDep, state: StateDep) -> JSONResponse:

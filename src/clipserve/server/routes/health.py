@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from clipserve.server.auth import RequireKey
 from clipserve.server.metrics import CONTENT_TYPE
-from clipserve.server.schemas import HealthResponse, json_example
+from clipserve.server.schemas import ERROR_RESPONSES, HealthResponse, json_example
 from clipserve.server.state import StateDep
 
 router = APIRouter(tags=["operations"])
@@ -74,7 +74,10 @@ async def readyz(state: StateDep) -> JSONResponse:
     summary="Prometheus metrics",
     dependencies=[RequireKey],
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE: {"example": _METRICS_EXAMPLE}}}},
+    responses={
+        200: {"content": {CONTENT_TYPE: {"example": _METRICS_EXAMPLE}}},
+        401: ERROR_RESPONSES[401],
+    },
 )
 async def metrics(state: StateDep) -> Response:
     """Requests and latency by route and status, batch sizes, queue depth, items encoded.

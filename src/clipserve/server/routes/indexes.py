@@ -36,7 +36,13 @@ from clipserve.server.index_schemas import (
     SearchResponse,
 )
 from clipserve.server.inputs import check_count, resolve, served_model
-from clipserve.server.schemas import ERROR_RESPONSES, InputItem, json_example
+from clipserve.server.schemas import (
+    ERROR_RESPONSES,
+    ErrorResponse,
+    InputItem,
+    error_example,
+    json_example,
+)
 from clipserve.server.state import EngineDep, ServerState, StateDep
 
 router = APIRouter(prefix="/v1/indexes", tags=["indexes"], dependencies=[RequireKey])
@@ -62,7 +68,19 @@ async def list_indexes(state: StateDep) -> IndexList:
     "",
     status_code=201,
     summary="Create an index",
-    responses={**json_example(INDEX_INFO_EXAMPLE), **ERROR_RESPONSES},
+    responses={
+        201: {"content": {"application/json": {"example": INDEX_INFO_EXAMPLE}}},
+        409: {
+            "model": ErrorResponse,
+            "description": "An index of that name exists",
+            "content": {
+                "application/json": {
+                    "example": error_example("index_exists", "index 'photos' exists already")
+                }
+            },
+        },
+        **ERROR_RESPONSES,
+    },
 )
 async def create_index(body: CreateIndexRequest, engine: EngineDep, state: StateDep) -> IndexInfo:
     """Create an empty index for a served model's vectors (409 if the name is taken)."""
@@ -261,7 +279,8 @@ async def _item_vectors(
 
 def unit_vector(values: list[float], index: Index, where: str) -> np.ndarray:
     """``values`` as a unit vector of the index's dimension; a 400 naming ``where`` otherwise."""
-    vector = np.asarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: infinite, and refused just below
+        vector = np.asarray(values, dtype=np.float32)
     if vector.shape != (index.dim,) or not np.isfinite(vector).all():
         raise InvalidInputError(f"{where}: a vector of {index.dim} finite numbers is needed")
     norm = float(np.linalg.norm(vector))
