@@ -210,10 +210,12 @@ class Index:
                     f"{tuple(item.vector.shape)}"
                 )
             try:  # stored as JSON that SQLite's JSON functions (filters) must read back
-                json.dumps(item.metadata, allow_nan=False)
+                # and that answers must carry: UTF-8 has no lone surrogates ("\ud800").
+                json.dumps(item.metadata, allow_nan=False, ensure_ascii=False).encode()
             except (TypeError, ValueError, RecursionError) as exc:
                 raise InvalidInputError(
-                    f"{where}: metadata must be plain JSON (no NaN or infinite numbers): {exc}"
+                    f"{where}: metadata must be plain JSON (no NaN or infinite numbers, no "
+                    f"lone surrogates): {exc}"
                 ) from exc
 
     # ------------------------------------------------------------ reads

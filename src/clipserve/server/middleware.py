@@ -7,6 +7,7 @@ that disconnects cancels the request as it should.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -31,6 +32,8 @@ CLIENT_CLOSED_REQUEST = 499
 # A client's request id is echoed into headers and logs: keep it short and plain.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _GZIP = frozenset({"gzip", "x-gzip"})
+#: A JSON escape of a UTF-16 surrogate (``\ud800``-``\udfff``).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
 class RequestContextMiddleware:
@@ -132,6 +135,8 @@ class RequestBodyMiddleware:
                     f"Content-Encoding {encoding!r} is not supported: send gzip or nothing"
                 )
             body = await self._read(receive, gzip=encoding in _GZIP)
+            if body is not None:
+                _check_unicode(body)
         except InvalidInputError as exc:
             await error_response(exc)(scope, receive, send)
             return
@@ -182,6 +187,30 @@ class RequestBodyMiddleware:
         return PayloadTooLargeError(
             f"{what} is larger than the limit of {self.limit} bytes (CLIPSERVE_MAX_BODY_BYTES)"
         )
+
+
+def _check_unicode(body: bytes) -> None:
+    """Refuse a JSON body with a lone surrogate escape (``"\\ud800"`` without its pair).
+
+    JSON allows the escape; Python decodes it into a ``str`` that is not Unicode and cannot be
+    encoded as UTF-8 again — which then fails far from the input, as a 500 or a dropped
+    connection (binding it to SQLite, rendering an answer that echoes it). Checked once
+    here for every route, and only for bodies that hold such an escape at all: pairs are how
+    ASCII-only JSON spells emoji.
+    """
+    if not _SURROGATE_ESCAPE.search(body):
+        return
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return  # not JSON (an image, a form): its route says what is wrong with it
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except (ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise InvalidInputError(
+            "the JSON body holds a lone surrogate escape (one of \\ud800-\\udfff without its "
+            "pair): that is not valid Unicode text"
+        ) from exc
 
 
 def _decoded_headers(scope: Scope, length: int) -> list[tuple[bytes, bytes]]:

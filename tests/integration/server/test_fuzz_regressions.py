@@ -243,3 +243,38 @@ def test_bug_clip_retrieval_metadata_took_booleans_for_ids(http: httpx.Client, i
     response = http.post("/metadata", json={"ids": ids, "indice_name": INDEX})
     assert response.status_code == 422, response.text
     assert "ids" in response.json()["message"]
+
+
+#: A JSON escape of a lone surrogate: valid JSON, not valid Unicode.
+LONE = '"\\ud800"'
+LONE_SURROGATE_BODIES = [
+    ("/v1/indexes/{index}/items", '{"items": [{"id": "s", "input": "a", "metadata": {"s": %s}}]}'),
+    ("/v1/indexes/{index}/search", '{"input": "a", "filter": {"a": %s}}'),
+    ("/v1/indexes/{index}/search", '{"id": %s}'),
+    ("/v1/encode", '{"model": %s, "inputs": ["a"]}'),
+    ("/v1/embeddings", '{"model": %s, "input": "a"}'),
+    ("/post", '{"data": [{"text": "a", "tag": %s}]}'),
+    ("/post", '{"data": [{"text": "a"}], "header": {"request_id": %s}}'),
+    ("/metadata", '{"ids": [%s]}'),
+    ("/text-embeddings", '{"texts": [%s]}'),
+]
+
+
+@pytest.mark.parametrize(("path", "template"), LONE_SURROGATE_BODIES)
+def test_bug_json_with_a_lone_surrogate_was_a_500_or_a_dropped_connection(
+    http: httpx.Client, path: str, template: str
+) -> None:
+    # Python reads "\ud800" into a str that cannot be encoded as UTF-8: binding it to SQLite
+    # or echoing it in an answer failed as a 500, or the connection dropped without one.
+    body = (template % LONE).encode()
+    response = http.post(
+        path.format(index=INDEX), content=body, headers={"Content-Type": "application/json"}
+    )
+    assert "lone surrogate" in _error_message(response, 400)
+
+
+def test_json_with_a_surrogate_pair_is_fine(http: httpx.Client) -> None:
+    # ASCII-only JSON writes an emoji as a pair of escapes: that is valid Unicode.
+    body = b'{"inputs": ["a cat \\ud83d\\ude00"]}'
+    response = http.post("/v1/encode", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text

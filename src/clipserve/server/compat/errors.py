@@ -128,8 +128,8 @@ _ERROR_DOCS: dict[int, tuple[str, str, str]] = {
 #: The error statuses of a compat route that reads a body and embeds.
 EMBED_ERRORS = (400, 401, 404, 413, 415, 422, 503, 504)
 #: Statuses the request body check answers before any route runs (a body over
-#: CLIPSERVE_MAX_BODY_BYTES, a corrupt gzip body, an unknown Content-Encoding): in clipserve's
-#: own error body, whichever router the request was for.
+#: CLIPSERVE_MAX_BODY_BYTES, a corrupt gzip body, an unknown Content-Encoding, JSON that is not
+#: Unicode): in clipserve's own error body, whichever router the request was for.
 _BODY_CHECK = frozenset({400, 413, 415})
 
 
