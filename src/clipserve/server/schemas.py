@@ -277,6 +277,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     504: _error_doc("Timed out", "request_timeout", "no result within 60 s"),
 }
 
+#: Error answers of the routes that write to disk: the ``/v1`` ones, and a full disk.
+WRITE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    507: _error_doc(
+        "The disk is full (or a file size limit was reached): the write was not applied",
+        "storage",
+        "cannot write /data/indexes/photos/items.sqlite: database or disk is full (SQLITE_FULL)",
+    ),
+}
+
 ENCODE_EXAMPLES: dict[str, dict[str, Any]] = {
     "mixed": {
         "summary": "Texts and a data-URI image",

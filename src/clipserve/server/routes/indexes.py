@@ -1,6 +1,7 @@
 """``/v1/indexes``: create indexes, add, get and delete items, and search them.
 
-Index writes are durable when the response is sent (SQLite commits with fsync). Inputs are
+Index writes are durable when the response is sent (SQLite commits with fsync); one the disk
+cannot take (full, over a file size limit) answers 507 and changes nothing. Inputs are
 checked and embedded exactly as in ``/v1/encode``; blocking index work runs in a thread so the
 event loop keeps answering.
 """
@@ -38,6 +39,7 @@ from clipserve.server.index_schemas import (
 from clipserve.server.inputs import check_count, resolve, served_model
 from clipserve.server.schemas import (
     ERROR_RESPONSES,
+    WRITE_ERROR_RESPONSES,
     ErrorResponse,
     InputItem,
     error_example,
@@ -79,7 +81,7 @@ async def list_indexes(state: StateDep) -> IndexList:
                 }
             },
         },
-        **ERROR_RESPONSES,
+        **WRITE_ERROR_RESPONSES,
     },
 )
 async def create_index(body: CreateIndexRequest, engine: EngineDep, state: StateDep) -> IndexInfo:
@@ -104,7 +106,10 @@ async def get_index(name: str, state: StateDep) -> IndexInfo:
 @router.post(
     "/{name}/items",
     summary="Add or replace items",
-    responses={**json_example({"index": "photos", "added": 2, "count": 1202}), **ERROR_RESPONSES},
+    responses={
+        **json_example({"index": "photos", "added": 2, "count": 1202}),
+        **WRITE_ERROR_RESPONSES,
+    },
 )
 async def add_items(
     name: str,
@@ -168,7 +173,7 @@ async def get_thumbnail(name: str, item_id: str, state: StateDep) -> Response:
     summary="Delete an item",
     responses={
         **json_example({"index": "photos", "id": "photo-1", "deleted": True}),
-        **ERROR_RESPONSES,
+        **WRITE_ERROR_RESPONSES,
     },
 )
 async def delete_item(name: str, item_id: str, state: StateDep) -> DeleteResponse:
