@@ -278,3 +278,19 @@ def test_json_with_a_surrogate_pair_is_fine(http: httpx.Client) -> None:
     body = b'{"inputs": ["a cat \\ud83d\\ude00"]}'
     response = http.post("/v1/encode", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "fields", [{"num_result_ids": True}, {"num_images": "4"}, {"deduplicate": "true"}]
+)
+def test_bug_clip_retrieval_knn_took_values_of_the_wrong_type(
+    http: httpx.Client, fields: dict[str, Any]
+) -> None:
+    # Deep fuzzing (negative_data_rejection): lax validation read true as the count 1.
+    body = {"text": "a", "modality": "text", "num_images": 1, "indice_name": INDEX, **fields}
+    response = http.post("/knn-service", json=body)
+    assert response.status_code == 422, response.text
+    assert next(iter(fields)) in response.json()["message"]
+    whole = {**body, **{key: 2.0 for key in fields if key.startswith("num_")}}
+    if whole != body:
+        assert http.post("/knn-service", json=whole).status_code == 200

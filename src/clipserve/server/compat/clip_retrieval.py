@@ -46,7 +46,7 @@ from clipserve.index import Hit, Index, IndexNotFoundError
 from clipserve.server.auth import RequireKey
 from clipserve.server.inputs import check_count, validate
 from clipserve.server.routes.indexes import embed_query, open_index, unit_vector
-from clipserve.server.schemas import EXAMPLE_PNG_B64, InputItem, InputObject
+from clipserve.server.schemas import EXAMPLE_PNG_B64, InputItem, InputObject, JsonCount
 from clipserve.server.state import EngineDep, ServerState, StateDep
 
 from .common import read_json
@@ -84,16 +84,18 @@ NumberText = Annotated[
 class KnnRequest(BaseModel):
     """Body of ``/knn-service``, as clip-retrieval's front and ``ClipClient`` send it."""
 
-    model_config = ConfigDict(extra="ignore")  # e.g. ClipClient's "verbose"
+    # Unknown fields are ignored (e.g. ClipClient's "verbose"); known ones hold what the
+    # schema says: no true for a count, no "1" for true.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     text: str | None = None
     image: str | None = Field(None, description="Base64 image bytes (or a data URI).")
     image_url: str | None = Field(None, description="An http(s) URL of an image.")
     embedding_input: list[float] | None = Field(None, description="A query embedding.")
     modality: Literal["image", "text"] = Field(description="Which items to search.")
-    num_images: int = Field(ge=1, description="Results that carry their metadata.")
-    num_result_ids: int | None = Field(
-        None, ge=1, description="Candidates searched (default: num_images)."
+    num_images: JsonCount = Field(description="Results that carry their metadata.")
+    num_result_ids: JsonCount | None = Field(
+        None, description="Candidates searched (default: num_images)."
     )
     indice_name: str | None = Field(None, description="The index (default: the first).")
     deduplicate: bool = False
