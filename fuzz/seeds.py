@@ -52,6 +52,11 @@ ROUTES: tuple[tuple[str, str], ...] = (
 #: The multipart boundary of form bodies (the target sends it in the Content-Type).
 BOUNDARY = "fuzzboundary7f3a"
 _MODEL = "@MODEL@"
+# A JSON escape of a lone surrogate in every field a route might read: valid JSON, no Unicode.
+_LONE_SURROGATE = (
+    b'{"items": ["\\ud800"], "texts": ["\\ud800"], "inputs": ["\\ud800"], "ids": ["\\ud800"],'
+    b' "input": "\\ud800", "model": "\\ud800", "data": [{"text": "\\ud800"}]}'
+)
 
 
 def multipart(parts: Sequence[tuple[str, str | None, bytes]]) -> bytes:
@@ -164,7 +169,11 @@ def compat_seeds() -> list[bytes]:
     }
     seeds = []
     for index, route in enumerate(ROUTES):
-        hostile = [deep_json(2_000), b"\xff\xfe", b""] if route[1] != "image" else [b""]
+        hostile = {
+            "json": [deep_json(2_000), b"\xff\xfe", b"", _LONE_SURROGATE],
+            "form": [deep_json(2_000), b"\xff\xfe", b""],
+            "image": [b""],
+        }[route[1]]
         seeds += [bytes([index]) + body for body in [*bodies[route], *hostile]]
     return seeds
 
