@@ -425,8 +425,9 @@ def _snapshot_not_saved(name: str, exc: StorageError) -> None:
 
 def _checked_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:80] + "…"  # not echoed whole
         raise InvalidInputError(
-            f"index name {name!r}: 1 to 64 letters, digits, '_', '-' or '.', "
+            f"index name {shown}: 1 to 64 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"
         )
     return name

@@ -155,6 +155,9 @@ def test_bad_requests_are_clear_errors(tmp_path: Path) -> None:
         catalog.open("nothing")
     with pytest.raises(InvalidInputError, match="index name"):
         catalog.open("../escape")
+    with pytest.raises(InvalidInputError, match="index name") as refused:
+        catalog.open("x" * 100_000)
+    assert len(str(refused.value)) < 200  # a huge name is not echoed whole
     assert len(index) == 0  # nothing half-written by the refused requests
 
 
