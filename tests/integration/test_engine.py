@@ -180,5 +180,5 @@ def test_unknown_model_name_is_a_clear_error(random_engine: Engine) -> None:
 
 
 def test_bad_templates_are_rejected(tiny_engine: Engine) -> None:
-    with pytest.raises(InvalidInputError, match="must be a string containing"):
+    with pytest.raises(InvalidInputError, match="must be a string with one"):
         tiny_engine.classify([_png(Image.new("RGB", (8, 8)))], ["cat"], templates=["no slot"])

@@ -130,7 +130,7 @@ def test_bad_inputs_are_invalid_argument_naming_the_input(
             clip_pb2.ClassifyRequest(
                 images=[grpc_input(shape_pngs[0])], labels=["cat"], templates=["no placeholder"]
             ),
-            "must be a string containing '{}'",
+            "must be a string with one '{}' for the label",
         ),
         (
             stub.Classify,
