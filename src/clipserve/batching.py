@@ -134,6 +134,11 @@ class DynamicBatcher:
         return len(self._queue)
 
     @property
+    def in_flight(self) -> int:
+        """Items taken from the queue: being prepared, waiting for the model, or running."""
+        return self._in_flight
+
+    @property
     def idle(self) -> bool:
         """Nothing queued, being prepared or running."""
         return not self._queue and self._in_flight == 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,21 @@ def _command(folder: Path, output: Path, model: Path) -> list[str]:
         "1",
         "--no-progress",
     ]
+
+
+@contextlib.contextmanager
+def _ctrl_c_not_ignored() -> Iterator[None]:
+    """Children started inside get SIGINT's default action, as from a terminal.
+
+    A shell starts background jobs with SIGINT ignored, children inherit that, and Python
+    then rightly leaves Ctrl-C ignored: run under ``cmd &`` (as CI may be), the job would
+    never see the signal. A handler, unlike "ignore", is reset to the default by exec.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _orphaned_workers() -> list[int]:
@@ -132,13 +149,14 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(
     output = tmp_path / "out"
     env = {**os.environ, "CLIPSERVE_CACHE_DIR": str(clipserve_cache)}
     # Its own process group, as a terminal's Ctrl-C reaches the job and its workers.
-    process = subprocess.Popen(
-        _command(folder, output, tiny_clip_dir),
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    with _ctrl_c_not_ignored():
+        process = subprocess.Popen(
+            _command(folder, output, tiny_clip_dir),
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 300
     while _completed(output) < 3 and process.poll() is None:
         assert time.monotonic() < deadline, "the job made no progress"

@@ -210,12 +210,16 @@ def test_a_full_queue_is_resource_exhausted_with_retry_after(make_settings: Any)
         try:
             first = stub.Encode.future(_encode(_noise_png(0)))
             assert session.entered.wait(30)
-            waiting = [stub.Encode.future(_encode(_noise_png(i))) for i in (1, 2, 3)]
             batcher = engine.batcher(None, "image")
-            deadline = time.monotonic() + 30
-            while batcher.queue_depth < 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert batcher.queue_depth == 1
+            # One at a time, each settled in its stage before the next is sent: sent at once,
+            # a second could find the first still queued and be refused early.
+            waiting = []
+            for i, settled in ((1, (0, 2)), (2, (0, 3)), (3, (1, 3))):
+                waiting.append(stub.Encode.future(_encode(_noise_png(i))))
+                deadline = time.monotonic() + 30
+                while (batcher.queue_depth, batcher.in_flight) != settled:
+                    assert time.monotonic() < deadline, (batcher.queue_depth, batcher.in_flight)
+                    time.sleep(0.01)
             failed = grpc_failure(
                 Code.RESOURCE_EXHAUSTED, lambda: stub.Encode(_encode(_noise_png(4)))
             )
