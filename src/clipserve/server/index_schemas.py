@@ -6,14 +6,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clipserve.server.schemas import EXAMPLE_DATA_URI, InputItem, JsonInt, exactly_one_of
+from clipserve.server.schemas import (
+    EXAMPLE_DATA_URI,
+    InputItem,
+    JsonInt,
+    StrictJsonModel,
+    exactly_one_of,
+)
 
 SearchModality = Literal["image", "text", "vector"]
-
-
-class _Strict(BaseModel):
-    # As clipserve.server.schemas._StrictJson: unknown fields and lax coercions are 422s.
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class IndexInfo(BaseModel):
@@ -32,7 +33,7 @@ class IndexList(BaseModel):
     data: list[IndexInfo]
 
 
-class CreateIndexRequest(_Strict):
+class CreateIndexRequest(StrictJsonModel):
     """A new, empty index for one served model's vectors."""
 
     name: str = Field(description="1 to 64 letters, digits, '_', '-' or '.'.")
@@ -44,7 +45,7 @@ def _one_of_input_or_vector(input_item: Any, vector: Any, what: str) -> None:
         raise ValueError(f"{what} needs exactly one of 'input' and 'vector'")
 
 
-class ItemIn(_Strict):
+class ItemIn(StrictJsonModel):
     """An item to add: an input to embed (text, image, URL) or a ready vector, and metadata."""
 
     model_config = ConfigDict(json_schema_extra=exactly_one_of("input", "vector"))
@@ -60,7 +61,7 @@ class ItemIn(_Strict):
         return self
 
 
-class AddItemsRequest(_Strict):
+class AddItemsRequest(StrictJsonModel):
     """Items to add; an existing id is replaced."""
 
     items: list[ItemIn] = Field(min_length=1)
@@ -74,7 +75,7 @@ class AddItemsResponse(BaseModel):
     count: int
 
 
-class SearchRequest(_Strict):
+class SearchRequest(StrictJsonModel):
     """A query — text, image, vector or an indexed item's id — and what to return."""
 
     model_config = ConfigDict(json_schema_extra=exactly_one_of("input", "vector", "id"))

@@ -62,14 +62,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class _StrictJson(BaseModel):
+class StrictJsonModel(BaseModel):
+    """Base of JSON request bodies: unknown fields and lax coercions are 422s."""
+
     # JSON bodies hold what their schema says: no 0 for false or "5" for 5, which pydantic's
     # lax mode would take although the OpenAPI document says otherwise. (EncodeOptions stays
     # lax: form fields and query parameters arrive as strings.)
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class InputObject(_StrictJson):
+class InputObject(StrictJsonModel):
     """One input spelled out: exactly one of ``text``, ``image`` or ``url``."""
 
     model_config = ConfigDict(json_schema_extra=exactly_one_of("text", "image", "url"))
@@ -155,7 +157,7 @@ class EncodeResponse(BaseModel):
     usage: Usage
 
 
-class RankRequest(_StrictJson):
+class RankRequest(StrictJsonModel):
     """Score candidates against a query; either may be texts or images."""
 
     query: InputItem
@@ -178,7 +180,7 @@ class RankResponse(BaseModel):
     results: list[RankScore]
 
 
-class ClassifyRequest(_StrictJson):
+class ClassifyRequest(StrictJsonModel):
     """Zero-shot classification of images among labels."""
 
     images: list[InputItem] = Field(
